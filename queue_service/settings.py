@@ -1,0 +1,61 @@
+"""Every setting of the product, read once from `TASKQ_*` environment variables.
+
+Nothing else in the code base reads the environment: processes build one `Settings`
+at start-up and pass it to the factories that need it (`make_engine`, `build_broker`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKQ_", extra="ignore")
+
+    # Services
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/taskq"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    rabbitmq_management_url: str = "http://127.0.0.1:15672"
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    # Workers
+    worker_processes: int = Field(default=2, ge=1)
+    worker_threads: int = Field(default=8, ge=1)
+
+    # Resource token pool: the capacity shared by every worker on every machine.
+    pool_cpu_units: int = Field(default=8, ge=1)
+    pool_memory_mb: int = Field(default=4096, ge=1)
+
+    # Scheduling fairness. A job of priority level L (low=0 ... critical=3) ranks as if it
+    # had become ready `L * aging_seconds_per_level` seconds earlier, so any job that has
+    # waited that long outranks newcomers one level above it.
+    aging_seconds_per_level: float = Field(default=60.0, ge=0)
+    # A ready job waiting longer than this gets its tokens reserved: backfill stops passing it.
+    starvation_seconds: float = Field(default=120.0, ge=0)
+    # How many ready jobs, best ranked first, one admission step looks at.
+    admission_window: int = Field(default=200, ge=1)
+
+    # Simulated job types: every default duration is multiplied by this.
+    duration_scale: float = Field(default=1.0, ge=0)
+
+    # Leases and maintenance
+    lease_grace_seconds: float = Field(default=10.0, ge=0)
+    republish_after_seconds: float = Field(default=30.0, gt=0)
+    maintenance_interval_seconds: float = Field(default=0.5, gt=0)
+    cancel_poll_seconds: float = Field(default=0.5, gt=0)
+    retry_jitter_ratio: float = Field(default=0.1, ge=0, le=1)
+
+    # Logs
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
