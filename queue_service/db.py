@@ -1,13 +1,20 @@
-"""Database engine and transaction helpers."""
+"""Database engine and transactions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import TypeVar
 
+import psycopg.errors
 import sqlalchemy as sa
 
 from queue_service.settings import Settings
+
+T = TypeVar("T")
+
+# Two transactions that lock the same rows in different orders: PostgreSQL aborts one.
+# The lock order of the repository makes this rare; running the loser again makes it safe.
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
 def make_engine(settings: Settings, *, pool_size: int = 10) -> sa.Engine:
@@ -21,8 +28,13 @@ def make_engine(settings: Settings, *, pool_size: int = 10) -> sa.Engine:
     )
 
 
-@contextmanager
-def transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """One transaction: committed when the block ends, rolled back if it raises."""
-    with engine.begin() as connection:
-        yield connection
+def in_transaction(engine: sa.Engine, work: Callable[[sa.Connection], T], attempts: int = 5) -> T:
+    """Run `work` in one transaction, again if PostgreSQL aborted it for a deadlock."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except sa.exc.OperationalError as error:
+            if attempt == attempts or not isinstance(error.orig, _RETRYABLE):
+                raise
+    raise AssertionError("unreachable")

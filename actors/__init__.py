@@ -1,0 +1,1 @@
+"""Dramatiq side of the product: the job actor, its middleware stack and maintenance."""

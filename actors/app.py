@@ -1,0 +1,53 @@
+"""Builds the broker, the middleware stack and the actors for a worker or the scheduler."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage, Retries, ShutdownNotifications
+from periodiq import PeriodiqMiddleware
+
+from actors.runtime import Runtime, install_runtime, process_name
+from queue_service.broker import build_broker
+from queue_service.db import make_engine
+from queue_service.logging import configure_logging
+from queue_service.repository import pool as pool_repo
+from queue_service.settings import get_settings
+
+
+def setup(role: str) -> dramatiq.Broker:
+    """Configure this process as `role` ("worker" or "scheduler") and declare the actors."""
+    settings = get_settings()
+    configure_logging(settings.log_level, process=role)
+    name = process_name(role)
+    broker = build_broker(settings, connection_name=name)
+    engine = make_engine(settings, pool_size=settings.worker_threads + 2)
+    install_runtime(Runtime(settings, engine, broker, name))
+    with engine.begin() as conn:
+        pool_repo.set_capacity(conn, settings.pool_cpu_units, settings.pool_memory_mb)
+
+    # Imported here so the middleware and the runtime exist before the actors do.
+    from actors.middleware.attempt_claim import AttemptClaim
+    from actors.middleware.maintenance_ticker import MaintenanceTicker
+    from actors.middleware.resource_tokens import ResourceTokens
+
+    # Dramatiq's own retries and time limit are replaced: attempts are counted in
+    # PostgreSQL (a redelivered message must not reset them) and the time limit cancels
+    # the job's coroutine (see actors/execution.py). Retries(max_retries=0) only turns a
+    # `throws` exception into message.fail(), i.e. a dead letter.
+    stack: list[dramatiq.Middleware] = [
+        ShutdownNotifications(),
+        CurrentMessage(),
+        Retries(max_retries=0),
+        PeriodiqMiddleware(skip_delay=60),
+        ResourceTokens(),
+        AttemptClaim(),
+    ]
+    if role == "worker":
+        stack.append(MaintenanceTicker())
+    for middleware in stack:
+        broker.add_middleware(middleware)
+
+    import actors.maintenance  # noqa: F401
+    import actors.run_job  # noqa: F401
+
+    return broker

@@ -1,0 +1,21 @@
+"""The periodic maintenance actor, enqueued every minute by the periodiq scheduler."""
+
+from __future__ import annotations
+
+import dramatiq
+from periodiq import cron
+
+from actors.runtime import get_runtime
+from queue_service import names
+from queue_service.maintenance import run_maintenance
+
+
+@dramatiq.actor(
+    actor_name=names.MAINTENANCE_ACTOR,
+    queue_name=names.MAINTENANCE_QUEUE,
+    periodic=cron("* * * * *"),
+    max_retries=0,
+)
+def maintenance_sweep() -> None:
+    runtime = get_runtime()
+    run_maintenance(runtime.engine, runtime.settings, runtime.broker)

@@ -1,0 +1,1 @@
+"""One middleware per file, named for the policy it enforces."""

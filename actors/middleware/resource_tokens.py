@@ -1,0 +1,68 @@
+"""ResourceTokens: a job message runs only while its attempt holds a lease on the pool.
+
+Admission granted the lease before publishing. A message without one (a stale duplicate,
+a cancelled job, an attempt maintenance already reclaimed) is skipped. After the actor,
+whatever happened, a lease the attempt still holds is given back by finishing the
+attempt as failed, so tokens return on every exit path a live worker sees; a dead
+worker's lease expires and maintenance reclaims it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import SkipMessage
+
+from actors.runtime import get_runtime
+from queue_service import names
+from queue_service.db import in_transaction
+from queue_service.logging import get_logger
+from queue_service.repository import leases as leases_repo
+
+log = get_logger(__name__)
+
+
+def job_attempt(message: dramatiq.Message[Any]) -> tuple[str, int] | None:
+    """(job_id, attempt) of a job message, None for other actors' messages."""
+    if message.actor_name != names.RUN_JOB_ACTOR:
+        return None
+    job_id, attempt = message.args
+    return str(job_id), int(attempt)
+
+
+class ResourceTokens(dramatiq.Middleware):
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        ids = job_attempt(message)
+        if ids is None:
+            return
+        runtime = get_runtime()
+        with runtime.engine.connect() as conn:
+            if leases_repo.holds_lease(conn, *ids):
+                return
+        log.info("message_skipped", job_id=ids[0], attempt=ids[1], reason="no_lease")
+        raise SkipMessage()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message[Any],
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        ids = job_attempt(message)
+        if ids is None:
+            return
+        from actors.completion import finish_and_publish
+        from queue_service.retry_policy import AttemptResult
+
+        runtime = get_runtime()
+        still_held = in_transaction(
+            runtime.engine, lambda conn: leases_repo.holds_lease(conn, *ids)
+        )
+        if still_held:
+            log.warning("tokens_left_behind", job_id=ids[0], attempt=ids[1], error=str(exception))
+            finish_and_publish(
+                ids[0], ids[1], AttemptResult.RETRYABLE_ERROR, f"worker error: {exception}", None
+            )

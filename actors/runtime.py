@@ -1,0 +1,42 @@
+"""The per-process runtime: settings, database engine and broker, built once per process.
+
+Each worker process (and the scheduler) builds its own; nothing here is shared between
+processes, and nothing holds business state: PostgreSQL does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from queue_service.broker import TaskQueueBroker
+from queue_service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: sa.Engine
+    broker: TaskQueueBroker
+    worker_name: str
+
+
+_runtime: Runtime | None = None
+
+
+def install_runtime(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def get_runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("actors.app.setup() was not called in this process")
+    return _runtime
+
+
+def process_name(role: str) -> str:
+    return f"taskq-{role} {socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,1 @@
+"""Smart Task Queue domain: job model, scheduling, storage and broker setup."""

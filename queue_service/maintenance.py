@@ -1,0 +1,107 @@
+"""Periodic maintenance: promote due jobs, admit, republish lost messages, reclaim leases.
+
+Every duty is idempotent and guarded, so running it twice, or from two processes, is
+safe; an advisory lock still keeps to one pass at a time to avoid wasted work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import dramatiq
+import sqlalchemy as sa
+
+from queue_service import names
+from queue_service.db import in_transaction
+from queue_service.lifecycle import finish_attempt, promote_due_jobs
+from queue_service.logging import get_logger
+from queue_service.model import JobStatus, Priority
+from queue_service.publisher import (
+    Admitted,
+    job_message,
+    publish_admitted,
+    publish_dead_letter,
+)
+from queue_service.repository import leases as leases_repo
+from queue_service.retry_policy import AttemptResult
+from queue_service.scheduling import admit_ready_jobs
+from queue_service.settings import Settings
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    ran: bool
+    promoted: int = 0
+    admitted: int = 0
+    republished: int = 0
+    reclaimed: int = 0
+
+
+def run_maintenance(
+    engine: sa.Engine, settings: Settings, broker: dramatiq.Broker
+) -> MaintenanceReport:
+    """One maintenance pass; skipped when another process is running one."""
+    now = datetime.now(UTC)
+
+    def promote_admit_republish(conn: sa.Connection) -> tuple[int, list[Admitted]] | None:
+        locked = conn.execute(
+            sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": names.MAINTENANCE_LOCK_KEY}
+        ).scalar_one()
+        if not locked:
+            return None
+        promoted = promote_due_jobs(conn, settings, now)
+        admitted = admit_ready_jobs(conn, settings, now)
+        stale = leases_repo.touch_unstarted_for_republish(
+            conn, now, timedelta(seconds=settings.republish_after_seconds)
+        )
+        admitted += [Admitted(r.job_id, r.attempt, Priority(r.priority)) for r in stale]
+        return promoted, admitted
+
+    first = in_transaction(engine, promote_admit_republish)
+    if first is None:
+        return MaintenanceReport(ran=False)
+    promoted, admitted = first
+    publish_admitted(broker, admitted)
+    reclaimed = reclaim_expired_leases(engine, settings, broker, now)
+    if promoted or admitted or reclaimed:
+        log.info(
+            "maintenance_pass", promoted=promoted, admitted=len(admitted), reclaimed=reclaimed
+        )
+    return MaintenanceReport(True, promoted, len(admitted), 0, reclaimed)
+
+
+def reclaim_expired_leases(
+    engine: sa.Engine, settings: Settings, broker: dramatiq.Broker, now: datetime
+) -> int:
+    """Attempts whose worker died: their lease expired. Count the attempt as lost."""
+    with engine.connect() as conn:
+        expired = leases_repo.expired_leases(conn, now)
+    for lease in expired:
+        error = "worker lost: lease expired without the attempt finishing"
+        consequences = in_transaction(
+            engine,
+            lambda conn, lease=lease: finish_attempt(  # type: ignore[misc]
+                conn,
+                settings,
+                job_id=lease.job_id,
+                attempt=lease.attempt,
+                result=AttemptResult.WORKER_LOST,
+                error=error,
+                value=None,
+                now=now,
+                dead_letter_message=job_message(
+                    lease.job_id, lease.attempt, Priority.NORMAL
+                ).asdict(),
+            ),
+        )
+        log.warning("lease_reclaimed", job_id=lease.job_id, attempt=lease.attempt)
+        publish_admitted(broker, consequences.admitted)
+        outcome = consequences.outcome
+        if outcome is not None and outcome.status is JobStatus.FAILED:
+            publish_dead_letter(
+                broker, lease.job_id, lease.attempt, str(outcome.dead_letter_reason), error
+            )
+    return len(expired)

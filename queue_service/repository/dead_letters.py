@@ -1,0 +1,76 @@
+"""dead_letters: PostgreSQL's record of every dead-lettered message.
+
+RabbitMQ's dead-letter queue holds the messages themselves (with x-death headers); the
+body of a dead message is the last one published, so the reason and the final error
+are recorded here, in the same transaction that fails the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from queue_service.tables import dead_letters
+
+Row = sa.Row[Any]
+
+
+def record_dead_letter(
+    conn: sa.Connection,
+    *,
+    job_id: str,
+    type_: str,
+    reason: str,
+    attempts: int,
+    last_error: str | None,
+    message: dict[str, Any],
+    now: datetime,
+) -> int:
+    return int(
+        conn.execute(
+            sa.insert(dead_letters)
+            .values(
+                job_id=job_id,
+                type=type_,
+                reason=reason,
+                attempts=attempts,
+                last_error=last_error,
+                message=message,
+                died_at=now,
+            )
+            .returning(dead_letters.c.id)
+        ).scalar_one()
+    )
+
+
+def list_open(conn: sa.Connection, *, after_id: int | None, limit: int) -> Sequence[Row]:
+    """Unresolved dead letters, newest first (ix_dead_letters_open)."""
+    query = sa.select(dead_letters).where(dead_letters.c.resolved_at.is_(None))
+    if after_id is not None:
+        query = query.where(dead_letters.c.id < after_id)
+    return conn.execute(query.order_by(dead_letters.c.id.desc()).limit(limit)).all()
+
+
+def get(conn: sa.Connection, dead_letter_id: int) -> Row | None:
+    return conn.execute(sa.select(dead_letters).where(dead_letters.c.id == dead_letter_id)).first()
+
+
+def resolve(conn: sa.Connection, dead_letter_id: int, resolution: str, now: datetime) -> Row | None:
+    """Mark an open dead letter replayed or discarded; None when it is not open."""
+    return conn.execute(
+        sa.update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.resolved_at.is_(None))
+        .values(resolved_at=now, resolution=resolution)
+        .returning(dead_letters)
+    ).first()
+
+
+def count_open(conn: sa.Connection) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(dead_letters.c.resolved_at.is_(None))
+        ).scalar_one()
+    )

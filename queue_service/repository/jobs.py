@@ -1,0 +1,446 @@
+"""jobs and job_dependencies: every state change is one guarded statement.
+
+A guarded UPDATE names the status it expects; no row back means another process moved
+the job first, and the caller treats that as "someone else did it".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from queue_service.admission import Candidate
+from queue_service.model import Priority
+from queue_service.tables import job_dependencies, jobs
+
+Row = sa.Row[Any]
+
+# The admission rank of a job becoming pending at :now (admission.admission_rank, in SQL).
+_LEVEL = "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in Priority) + " END"
+RANK_AT_NOW = f"extract(epoch FROM CAST(:now AS timestamptz)) - ({_LEVEL}) * :aging"
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    job_id: str
+    attempt: int
+    previous_status: str
+    status: str
+
+
+def _changes(rows: Sequence[Row]) -> list[StatusChange]:
+    return [StatusChange(r.id, r.attempts, r.previous_status, r.status) for r in rows]
+
+
+# --- submission -----------------------------------------------------------------------
+
+
+def insert_job_if_new(conn: sa.Connection, row: Mapping[str, Any]) -> bool:
+    """Insert one job unless its id or idempotency key exists already."""
+    result = conn.execute(pg_insert(jobs).values(**row).on_conflict_do_nothing().returning(jobs.c.id))
+    return result.first() is not None
+
+
+def insert_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Bulk insert (one multi-row statement per page of rows)."""
+    if rows:
+        conn.execute(sa.insert(jobs), list(rows))
+
+
+def insert_dependencies(conn: sa.Connection, edges: Sequence[tuple[str, str]]) -> None:
+    if edges:
+        conn.execute(
+            sa.insert(job_dependencies), [{"job_id": j, "depends_on": d} for j, d in edges]
+        )
+
+
+def find_by_id_or_key(
+    conn: sa.Connection, job_id: str | None, idempotency_key: str | None
+) -> Row | None:
+    if job_id is not None:
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        if row is not None:
+            return row
+    if idempotency_key is not None:
+        return conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == idempotency_key)).first()
+    return None
+
+
+def lock_statuses_for_dependency(conn: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
+    """Statuses of existing jobs named as dependencies, share-locked.
+
+    The share lock makes a concurrent completion of one of them wait for this submission,
+    so its dependents decrement sees the new edges: no decrement is lost.
+    """
+    if not ids:
+        return {}
+    rows = conn.execute(
+        sa.text("SELECT id, status FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR SHARE"),
+        {"ids": list(ids)},
+    ).all()
+    return {r.id: r.status for r in rows}
+
+
+def existing_ids(conn: sa.Connection, ids: Sequence[str]) -> set[str]:
+    if not ids:
+        return set()
+    rows = conn.execute(sa.text("SELECT id FROM jobs WHERE id = ANY(:ids)"), {"ids": list(ids)})
+    return {r.id for r in rows}
+
+
+# --- reads ----------------------------------------------------------------------------
+
+
+def get_job(conn: sa.Connection, job_id: str) -> Row | None:
+    return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+
+
+def get_dependencies(conn: sa.Connection, job_id: str) -> list[tuple[str, str]]:
+    """(id, status) of the jobs this one depends on."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT j.id, j.status FROM job_dependencies d JOIN jobs j ON j.id = d.depends_on "
+            "WHERE d.job_id = :id ORDER BY j.seq"
+        ),
+        {"id": job_id},
+    ).all()
+    return [(r.id, r.status) for r in rows]
+
+
+def get_dependents(conn: sa.Connection, job_id: str) -> list[str]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT d.job_id FROM job_dependencies d JOIN jobs j ON j.id = d.job_id "
+            "WHERE d.depends_on = :id ORDER BY j.seq"
+        ),
+        {"id": job_id},
+    ).all()
+    return [r.job_id for r in rows]
+
+
+def list_jobs(
+    conn: sa.Connection,
+    *,
+    status: str | None,
+    type_: str | None,
+    priority: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> Sequence[Row]:
+    """A page newest first; `after` is the (created_at, id) keyset of the previous page."""
+    query = sa.select(jobs)
+    if status is not None:
+        query = query.where(jobs.c.status == status)
+    if type_ is not None:
+        query = query.where(jobs.c.type == type_)
+    if priority is not None:
+        query = query.where(jobs.c.priority == priority)
+    if created_after is not None:
+        query = query.where(jobs.c.created_at > created_after)
+    if created_before is not None:
+        query = query.where(jobs.c.created_at < created_before)
+    if after is not None:
+        query = query.where(sa.tuple_(jobs.c.created_at, jobs.c.id) < sa.tuple_(*after))
+    query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+    return conn.execute(query).all()
+
+
+def position_in_queue(conn: sa.Connection, job_id: str, cap: int = 10_000) -> int | None:
+    """How many unadmitted ready jobs rank ahead of this one (counted up to `cap`)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs o, jobs me WHERE me.id = :id "
+            "AND me.status = 'pending' AND me.queued_at IS NULL "
+            "AND o.status = 'pending' AND o.queued_at IS NULL "
+            "AND (o.rank, o.seq) < (me.rank, me.seq) LIMIT :cap) ahead"
+        ),
+        {"id": job_id, "cap": cap},
+    ).scalar_one()
+    return int(row)
+
+
+def candidates_ahead(conn: sa.Connection, job_id: str, limit: int) -> list[Candidate]:
+    """The ready jobs ranked up to and including `job_id` (for explaining its wait)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT o.id, o.priority, o.cpu_units, o.memory_mb, o.pending_since "
+            "FROM jobs o, jobs me WHERE me.id = :id "
+            "AND o.status = 'pending' AND o.queued_at IS NULL "
+            "AND (o.rank, o.seq) <= (me.rank, me.seq) ORDER BY o.rank, o.seq LIMIT :limit"
+        ),
+        {"id": job_id, "limit": limit},
+    ).all()
+    return [_candidate(r) for r in rows]
+
+
+def count_by_status(conn: sa.Connection) -> dict[str, int]:
+    rows = conn.execute(sa.text("SELECT status, count(*) AS n FROM jobs GROUP BY status")).all()
+    return {r.status: int(r.n) for r in rows}
+
+
+def ready_depth_by_priority(conn: sa.Connection) -> dict[str, int]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT priority, count(*) AS n FROM jobs "
+            "WHERE status = 'pending' AND queued_at IS NULL GROUP BY priority"
+        )
+    ).all()
+    return {r.priority: int(r.n) for r in rows}
+
+
+# --- admission ------------------------------------------------------------------------
+
+
+def _candidate(row: Row) -> Candidate:
+    return Candidate(
+        job_id=row.id,
+        priority=Priority(row.priority),
+        cpu_units=row.cpu_units,
+        memory_mb=row.memory_mb,
+        pending_since=row.pending_since,
+    )
+
+
+def lock_ready_candidates(conn: sa.Connection, limit: int) -> list[tuple[Candidate, int]]:
+    """The best-ranked ready jobs without a lease, locked, skipping rows others hold.
+
+    Walks ix_jobs_admission in order: cost grows with `limit`, not with the table.
+    Returns each candidate with its number of attempts so far.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, priority, cpu_units, memory_mb, pending_since, attempts FROM jobs "
+            "WHERE status = 'pending' AND queued_at IS NULL "
+            "ORDER BY rank, seq LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"limit": limit},
+    ).all()
+    return [(_candidate(r), r.attempts) for r in rows]
+
+
+def mark_queued(conn: sa.Connection, job_ids: Sequence[str], now: datetime) -> None:
+    conn.execute(
+        sa.text("UPDATE jobs SET queued_at = :now WHERE id = ANY(:ids) AND status = 'pending'"),
+        {"now": now, "ids": list(job_ids)},
+    )
+
+
+# --- execution ------------------------------------------------------------------------
+
+
+def claim_attempt(conn: sa.Connection, job_id: str, attempt: int, now: datetime) -> Row | None:
+    """pending -> running for exactly this attempt; None when it is not ours to run."""
+    return conn.execute(
+        sa.text(
+            "UPDATE jobs SET status = 'running', attempts = :attempt, started_at = :now, "
+            "rank = NULL, pending_since = NULL "
+            "WHERE id = :id AND status = 'pending' AND queued_at IS NOT NULL "
+            "AND attempts = :attempt - 1 RETURNING *"
+        ),
+        {"id": job_id, "attempt": attempt, "now": now},
+    ).first()
+
+
+def lock_running(conn: sa.Connection, job_id: str, attempt: int) -> Row | None:
+    return conn.execute(
+        sa.text(
+            "SELECT * FROM jobs WHERE id = :id AND status = 'running' AND attempts = :attempt "
+            "FOR UPDATE"
+        ),
+        {"id": job_id, "attempt": attempt},
+    ).first()
+
+
+def record_outcome(
+    conn: sa.Connection,
+    job_id: str,
+    *,
+    status: str,
+    next_attempt_at: datetime | None,
+    last_error: str | None,
+    cancel_reason: str | None,
+    result: Any,
+    now: datetime,
+) -> None:
+    terminal = status in ("completed", "failed", "cancelled")
+    conn.execute(
+        sa.text(
+            "UPDATE jobs SET status = :status, next_attempt_at = :next, "
+            "finished_at = :finished, queued_at = NULL, "
+            "last_error = coalesce(:error, last_error), cancel_reason = :cancel_reason, "
+            "result = CAST(:result AS jsonb) WHERE id = :id AND status = 'running'"
+        ),
+        {
+            "status": status,
+            "next": next_attempt_at,
+            "finished": now if terminal else None,
+            "error": last_error,
+            "cancel_reason": cancel_reason,
+            "result": None if result is None else _json(result),
+            "id": job_id,
+        },
+    )
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)
+
+
+def is_cancel_requested(conn: sa.Connection, job_id: str) -> bool:
+    row = conn.execute(
+        sa.text("SELECT cancel_requested_at IS NOT NULL AS requested FROM jobs WHERE id = :id"),
+        {"id": job_id},
+    ).first()
+    return bool(row and row.requested)
+
+
+# --- dependencies ---------------------------------------------------------------------
+
+
+def unblock_dependents(
+    conn: sa.Connection, job_id: str, now: datetime, aging: float
+) -> list[StatusChange]:
+    """Decrement the dependents of a completed job; those reaching zero become ready.
+
+    Rows are locked in id order so two completions sharing dependents cannot deadlock;
+    the row lock serialises concurrent decrements, so none is lost and exactly one
+    completion sees the count reach zero.
+    """
+    rows = conn.execute(
+        sa.text(
+            "WITH targets AS (SELECT j.id FROM job_dependencies d JOIN jobs j ON j.id = d.job_id "
+            "  WHERE d.depends_on = :id AND j.status = 'blocked' ORDER BY j.id FOR UPDATE OF j) "
+            "UPDATE jobs j SET remaining_deps = j.remaining_deps - 1, "
+            "  status = CASE WHEN j.remaining_deps > 1 THEN 'blocked' "
+            "    WHEN j.run_at > :now THEN 'scheduled' ELSE 'pending' END, "
+            "  next_attempt_at = CASE WHEN j.remaining_deps = 1 AND j.run_at > :now "
+            "    THEN j.run_at END, "
+            "  pending_since = CASE WHEN j.remaining_deps = 1 AND NOT coalesce(j.run_at > :now, false) "
+            "    THEN CAST(:now AS timestamptz) END, "
+            f"  rank = CASE WHEN j.remaining_deps = 1 AND NOT coalesce(j.run_at > :now, false) "
+            f"    THEN {RANK_AT_NOW} END "
+            "FROM targets WHERE j.id = targets.id "
+            "RETURNING j.id, j.attempts, 'blocked' AS previous_status, j.status"
+        ),
+        {"id": job_id, "now": now, "aging": aging},
+    ).all()
+    return [c for c in _changes(rows) if c.status != "blocked"]
+
+
+def cancel_descendants(
+    conn: sa.Connection, root_id: str, reason: str, now: datetime
+) -> list[StatusChange]:
+    """Cancel every unfinished transitive dependent of `root_id` with `reason`."""
+    rows = conn.execute(
+        sa.text(
+            "WITH RECURSIVE descendants(id) AS ("
+            "  SELECT job_id FROM job_dependencies WHERE depends_on = :root "
+            "  UNION SELECT d.job_id FROM job_dependencies d JOIN descendants ON d.depends_on = descendants.id), "
+            "targets AS (SELECT j.id, j.status FROM jobs j JOIN descendants USING (id) "
+            "  WHERE j.status IN ('blocked', 'scheduled', 'pending', 'retrying') "
+            "  ORDER BY j.id FOR UPDATE OF j) "
+            "UPDATE jobs j SET status = 'cancelled', cancel_reason = :reason, finished_at = :now, "
+            "  next_attempt_at = NULL, rank = NULL, pending_since = NULL, queued_at = NULL "
+            "FROM targets WHERE j.id = targets.id "
+            "RETURNING j.id, j.attempts, targets.status AS previous_status, j.status"
+        ),
+        {"root": root_id, "reason": reason, "now": now},
+    ).all()
+    return _changes(rows)
+
+
+def restore_upstream_failed(conn: sa.Connection, root_id: str) -> list[StatusChange]:
+    """Dependents cancelled because `root_id` failed go back to blocked (dead-letter replay)."""
+    rows = conn.execute(
+        sa.text(
+            "WITH RECURSIVE descendants(id) AS ("
+            "  SELECT job_id FROM job_dependencies WHERE depends_on = :root "
+            "  UNION SELECT d.job_id FROM job_dependencies d JOIN descendants ON d.depends_on = descendants.id), "
+            "targets AS (SELECT j.id FROM jobs j JOIN descendants USING (id) "
+            "  WHERE j.status = 'cancelled' AND j.cancel_reason = :reason "
+            "  ORDER BY j.id FOR UPDATE OF j) "
+            "UPDATE jobs j SET status = 'blocked', cancel_reason = NULL, finished_at = NULL, "
+            "  remaining_deps = (SELECT count(*) FROM job_dependencies d JOIN jobs p "
+            "    ON p.id = d.depends_on WHERE d.job_id = j.id AND p.status <> 'completed') "
+            "FROM targets WHERE j.id = targets.id "
+            "RETURNING j.id, j.attempts, 'cancelled' AS previous_status, j.status"
+        ),
+        {"root": root_id, "reason": f"upstream_failed:{root_id}"},
+    ).all()
+    return _changes(rows)
+
+
+# --- cancellation, promotion, replay --------------------------------------------------
+
+
+def cancel_waiting_job(
+    conn: sa.Connection, job_id: str, reason: str, now: datetime
+) -> StatusChange | None:
+    """blocked/scheduled/pending/retrying -> cancelled, in one guarded statement."""
+    row = conn.execute(
+        sa.text(
+            "WITH target AS (SELECT id, status FROM jobs WHERE id = :id "
+            "  AND status IN ('blocked', 'scheduled', 'pending', 'retrying') FOR UPDATE) "
+            "UPDATE jobs j SET status = 'cancelled', cancel_reason = :reason, finished_at = :now, "
+            "  cancel_requested_at = :now, next_attempt_at = NULL, rank = NULL, "
+            "  pending_since = NULL, queued_at = NULL "
+            "FROM target WHERE j.id = target.id "
+            "RETURNING j.id, j.attempts, target.status AS previous_status, j.status"
+        ),
+        {"id": job_id, "reason": reason, "now": now},
+    ).first()
+    return None if row is None else _changes([row])[0]
+
+
+def request_cancel_running(conn: sa.Connection, job_id: str, now: datetime) -> bool:
+    result = conn.execute(
+        sa.text(
+            "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, :now) "
+            "WHERE id = :id AND status = 'running'"
+        ),
+        {"id": job_id, "now": now},
+    )
+    return result.rowcount == 1
+
+
+def promote_due(conn: sa.Connection, now: datetime, aging: float, limit: int) -> list[StatusChange]:
+    """scheduled/retrying jobs whose time has come become ready (ix_jobs_due)."""
+    rows = conn.execute(
+        sa.text(
+            "WITH due AS (SELECT id, status FROM jobs "
+            "  WHERE status IN ('scheduled', 'retrying') AND next_attempt_at <= :now "
+            "  ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+            "UPDATE jobs j SET status = 'pending', next_attempt_at = NULL, queued_at = NULL, "
+            f"  pending_since = :now, rank = {RANK_AT_NOW} "
+            "FROM due WHERE j.id = due.id "
+            "RETURNING j.id, j.attempts, due.status AS previous_status, j.status"
+        ),
+        {"now": now, "aging": aging, "limit": limit},
+    ).all()
+    return _changes(rows)
+
+
+def requeue_failed(
+    conn: sa.Connection, job_id: str, now: datetime, aging: float
+) -> StatusChange | None:
+    """failed -> pending with a fresh attempt budget (dead-letter replay)."""
+    row = conn.execute(
+        sa.text(
+            "UPDATE jobs SET status = 'pending', attempts = 0, finished_at = NULL, "
+            "  queued_at = NULL, next_attempt_at = NULL, cancel_requested_at = NULL, "
+            f"  pending_since = :now, rank = {RANK_AT_NOW} "
+            "WHERE id = :id AND status = 'failed' "
+            "RETURNING id, attempts, 'failed' AS previous_status, status"
+        ),
+        {"id": job_id, "now": now, "aging": aging},
+    ).first()
+    return None if row is None else _changes([row])[0]

@@ -1,0 +1,72 @@
+"""resource_pool: the global token pool shared by every worker process on every machine."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from queue_service.admission import PoolState
+
+
+def lock_pool(conn: sa.Connection) -> PoolState:
+    """Lock the pool row for the rest of the transaction and return its state."""
+    row = conn.execute(
+        sa.text(
+            "SELECT cpu_capacity, memory_capacity, cpu_used, memory_used, paused "
+            "FROM resource_pool WHERE id = 1 FOR UPDATE"
+        )
+    ).one()
+    return PoolState(
+        cpu_capacity=row.cpu_capacity,
+        memory_capacity=row.memory_capacity,
+        cpu_used=row.cpu_used,
+        memory_used=row.memory_used,
+        paused=row.paused,
+    )
+
+
+def read_pool(conn: sa.Connection) -> PoolState:
+    row = conn.execute(
+        sa.text(
+            "SELECT cpu_capacity, memory_capacity, cpu_used, memory_used, paused "
+            "FROM resource_pool WHERE id = 1"
+        )
+    ).one()
+    return PoolState(
+        cpu_capacity=row.cpu_capacity,
+        memory_capacity=row.memory_capacity,
+        cpu_used=row.cpu_used,
+        memory_used=row.memory_used,
+        paused=row.paused,
+    )
+
+
+def take_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> None:
+    """Add to the used counters; the CHECK constraint refuses going past capacity."""
+    conn.execute(
+        sa.text(
+            "UPDATE resource_pool SET cpu_used = cpu_used + :cpu, "
+            "memory_used = memory_used + :mem WHERE id = 1"
+        ),
+        {"cpu": cpu_units, "mem": memory_mb},
+    )
+
+
+def return_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> None:
+    take_tokens(conn, -cpu_units, -memory_mb)
+
+
+def set_paused(conn: sa.Connection, paused: bool) -> None:
+    conn.execute(sa.text("UPDATE resource_pool SET paused = :p WHERE id = 1"), {"p": paused})
+
+
+def set_capacity(conn: sa.Connection, cpu_units: int, memory_mb: int) -> bool:
+    """Apply the configured capacity unless running jobs already use more than it."""
+    result = conn.execute(
+        sa.text(
+            "UPDATE resource_pool SET cpu_capacity = :cpu, memory_capacity = :mem "
+            "WHERE id = 1 AND cpu_used <= :cpu AND memory_used <= :mem "
+            "AND (cpu_capacity, memory_capacity) IS DISTINCT FROM (:cpu, :mem)"
+        ),
+        {"cpu": cpu_units, "mem": memory_mb},
+    )
+    return result.rowcount == 1

@@ -1,0 +1,237 @@
+"""Accepting jobs: validation against the registry, the pool and the graph; idempotent insert.
+
+Shape checks (types, ranges, sizes) happen in the API schemas; this module checks what
+needs the product's state, builds the rows and stores a submission in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from queue_service import errors
+from queue_service.admission import AdmissionPolicy, admission_rank
+from queue_service.dependency_graph import validate_batch
+from queue_service.job_types import get_job_type
+from queue_service.model import JobStatus, Priority, Resources, RetryConfig
+from queue_service.publisher import Admitted
+from queue_service.repository import events as events_repo
+from queue_service.repository import jobs as jobs_repo
+from queue_service.scheduling import admit_ready_jobs
+from queue_service.settings import Settings
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_job_id() -> str:
+    """`job_` + 26 characters: a ULID (48-bit millisecond time, 80 random bits)."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "job_" + "".join(reversed(chars))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One normalised submission (defaults applied)."""
+
+    type: str = "noop"
+    job_id: str | None = None
+    priority: Priority = Priority.NORMAL
+    payload: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = Resources()
+    depends_on: tuple[str, ...] = ()
+    retry: RetryConfig = RetryConfig()
+    timeout_seconds: float = 300.0
+    run_at: datetime | None = None
+    idempotency_key: str | None = None
+
+    def request_hash(self) -> str:
+        """Fingerprint of everything but the id: a resubmission must match it exactly."""
+        body = {
+            "type": self.type,
+            "priority": self.priority.value,
+            "payload": self.payload,
+            "resources": asdict(self.resources),
+            "depends_on": list(self.depends_on),
+            "retry": asdict(self.retry),
+            "timeout_seconds": self.timeout_seconds,
+            "run_at": self.run_at.isoformat() if self.run_at else None,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: sa.Row[Any]
+    created: bool
+
+
+def check_against_product(spec: JobSpec, settings: Settings) -> None:
+    """What shape validation cannot know: registered types and the pool's capacity."""
+    if get_job_type(spec.type) is None:
+        raise errors.UnknownJobType(
+            f"unknown job type {spec.type!r}; see GET /job-types", {"type": spec.type}
+        )
+    over = {}
+    if spec.resources.cpu_units > settings.pool_cpu_units:
+        over["cpu_units"] = {"requested": spec.resources.cpu_units, "capacity": settings.pool_cpu_units}
+    if spec.resources.memory_mb > settings.pool_memory_mb:
+        over["memory_mb"] = {"requested": spec.resources.memory_mb, "capacity": settings.pool_memory_mb}
+    if over:
+        raise errors.ExceedsCapacity("the job needs more than the whole token pool: it could never run", over)
+
+
+def _initial_state(
+    spec: JobSpec, dep_statuses: dict[str, str], now: datetime, policy: AdmissionPolicy
+) -> dict[str, Any]:
+    """Status and scheduling columns of a new job, given its dependencies' statuses."""
+    dead = [d for d in spec.depends_on if dep_statuses.get(d) in ("failed", "cancelled")]
+    remaining = sum(1 for d in spec.depends_on if dep_statuses.get(d) != "completed")
+    state: dict[str, Any] = {
+        "remaining_deps": remaining,
+        "rank": None,
+        "pending_since": None,
+        "next_attempt_at": None,
+        "finished_at": None,
+        "cancel_reason": None,
+    }
+    if dead:
+        kind = "failed" if dep_statuses[dead[0]] == "failed" else "cancelled"
+        state.update(status="cancelled", finished_at=now, cancel_reason=f"upstream_{kind}:{dead[0]}")
+    elif remaining:
+        state["status"] = "blocked"
+    elif spec.run_at is not None and spec.run_at > now:
+        state.update(status="scheduled", next_attempt_at=spec.run_at)
+    else:
+        state.update(
+            status="pending", pending_since=now, rank=admission_rank(spec.priority, now, policy)
+        )
+    return state
+
+
+def _row(spec: JobSpec, job_id: str, state: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "type": spec.type,
+        "priority": spec.priority.value,
+        "payload": spec.payload,
+        "cpu_units": spec.resources.cpu_units,
+        "memory_mb": spec.resources.memory_mb,
+        "max_attempts": spec.retry.max_attempts,
+        "backoff_multiplier": spec.retry.backoff_multiplier,
+        "initial_delay_seconds": spec.retry.initial_delay_seconds,
+        "max_delay_seconds": spec.retry.max_delay_seconds,
+        "timeout_seconds": spec.timeout_seconds,
+        "run_at": spec.run_at,
+        "idempotency_key": spec.idempotency_key,
+        "request_hash": spec.request_hash(),
+        "created_at": now,
+        **state,
+    }
+
+
+def _submitted_event(row: dict[str, Any], now: datetime) -> events_repo.JobEvent:
+    return events_repo.transition(
+        row["id"],
+        0,
+        None,
+        row["status"],
+        now,
+        message=f"submitted as {row['status']}"
+        + (f" ({row['cancel_reason']})" if row["cancel_reason"] else ""),
+        data={"priority": row["priority"], "type": row["type"]},
+    )
+
+
+def submit_job(
+    conn: sa.Connection, settings: Settings, spec: JobSpec, now: datetime
+) -> tuple[Submitted, list[Admitted]]:
+    """Store one job, or return the original when this is a repeated submission."""
+    check_against_product(spec, settings)
+    if spec.job_id is not None and spec.job_id in spec.depends_on:
+        raise errors.DependencyCycle(
+            f"dependency cycle: {spec.job_id} -> {spec.job_id}", {"cycle": [spec.job_id] * 2}
+        )
+    dep_statuses = jobs_repo.lock_statuses_for_dependency(conn, sorted(set(spec.depends_on)))
+    missing = [d for d in spec.depends_on if d not in dep_statuses]
+    if missing:
+        # A repeated submission must not fail on this check before it finds its original.
+        original = _original(conn, spec)
+        if original is not None:
+            return Submitted(original, created=False), []
+        raise errors.UnknownDependency(
+            f"unknown dependencies: {', '.join(missing)}", {"unknown": missing}
+        )
+    job_id = spec.job_id or new_job_id()
+    policy = AdmissionPolicy.from_settings(settings)
+    row = _row(spec, job_id, _initial_state(spec, dep_statuses, now, policy), now)
+    if not jobs_repo.insert_job_if_new(conn, row):
+        original = _original(conn, spec)
+        if original is None:  # the conflicting row vanished: surface it as a conflict
+            raise errors.IdempotencyConflict("a job with this id or key is being changed")
+        return Submitted(original, created=False), []
+    jobs_repo.insert_dependencies(conn, [(job_id, d) for d in dict.fromkeys(spec.depends_on)])
+    events_repo.record_events(conn, [_submitted_event(row, now)])
+    admitted = admit_ready_jobs(conn, settings, now) if row["status"] == "pending" else []
+    job = jobs_repo.get_job(conn, job_id)
+    assert job is not None
+    return Submitted(job, created=True), admitted
+
+
+def _original(conn: sa.Connection, spec: JobSpec) -> sa.Row[Any] | None:
+    """The job a repeated submission refers to; a different body is a conflict."""
+    existing = jobs_repo.find_by_id_or_key(conn, spec.job_id, spec.idempotency_key)
+    if existing is None:
+        return None
+    if existing.request_hash != spec.request_hash():
+        what = "job_id" if spec.job_id == existing.id else "idempotency key"
+        raise errors.IdempotencyConflict(
+            f"a different job was already submitted with this {what}",
+            {"job_id": existing.id},
+        )
+    return existing
+
+
+def submit_batch(
+    conn: sa.Connection, settings: Settings, specs: Sequence[JobSpec], now: datetime
+) -> tuple[list[str], list[Admitted]]:
+    """Store a whole batch atomically: validated as one graph, bulk-inserted."""
+    for spec in specs:
+        check_against_product(spec, settings)
+    ids = [spec.job_id or new_job_id() for spec in specs]
+    batch_ids = set(ids)
+    external = sorted({d for spec in specs for d in spec.depends_on if d not in batch_ids})
+    dep_statuses = jobs_repo.lock_statuses_for_dependency(conn, external)
+    validate_batch([(i, s.depends_on) for i, s in zip(ids, specs, strict=True)], dep_statuses.keys())
+    taken = jobs_repo.existing_ids(conn, ids)
+    if taken:
+        raise errors.DuplicateJobId(
+            f"job ids already exist: {', '.join(sorted(taken)[:20])}", {"job_ids": sorted(taken)}
+        )
+    policy = AdmissionPolicy.from_settings(settings)
+    # In-batch dependencies are unfinished by definition.
+    statuses = {**dep_statuses, **{i: "blocked" for i in ids}}
+    rows = [
+        _row(spec, job_id, _initial_state(spec, statuses, now, policy), now)
+        for job_id, spec in zip(ids, specs, strict=True)
+    ]
+    jobs_repo.insert_jobs(conn, rows)
+    jobs_repo.insert_dependencies(
+        conn,
+        [(i, d) for i, spec in zip(ids, specs, strict=True) for d in dict.fromkeys(spec.depends_on)],
+    )
+    events_repo.record_events(conn, [_submitted_event(row, now) for row in rows])
+    admitted = admit_ready_jobs(conn, settings, now) if any(r["status"] == "pending" for r in rows) else []
+    return ids, admitted
