@@ -47,7 +47,7 @@ def setup(role: str) -> dramatiq.Broker:
     for middleware in stack:
         broker.add_middleware(middleware)
 
-    import actors.maintenance  # noqa: F401
+    import actors.maintenance
     import actors.run_job  # noqa: F401
 
     return broker

@@ -13,8 +13,8 @@ from typing import Any
 from actors.runtime import get_runtime
 from queue_service.db import in_transaction
 from queue_service.lifecycle import Consequences, finish_attempt
-from queue_service.publisher import job_message, publish_admitted
 from queue_service.model import Priority
+from queue_service.publisher import job_message, publish_admitted
 from queue_service.retry_policy import AttemptResult
 
 

@@ -23,6 +23,7 @@ from queue_service.retry_policy import AttemptResult
 
 log = get_logger(__name__)
 
+
 class JobDeadLettered(Exception):
     """The job failed for good; its message must be dead-lettered."""
 

@@ -11,9 +11,7 @@ from queue_service.settings import Settings
 from queue_service.tables import metadata
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get(
-    "configure_logger", True
-):
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name)
 
 

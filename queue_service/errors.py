@@ -69,3 +69,7 @@ class NotReplayable(TaskQueueError):
 
 class ServiceUnavailable(TaskQueueError):
     code = "service_unavailable"
+
+
+class InvalidCursor(TaskQueueError):
+    code = "invalid_cursor"

@@ -36,7 +36,9 @@ class Consequences:
     dead_letter_id: int | None = None
 
 
-def _transition_events(changes: list[jobs_repo.StatusChange], at: datetime, **kw: Any) -> list[events_repo.JobEvent]:
+def _transition_events(
+    changes: list[jobs_repo.StatusChange], at: datetime, **kw: Any
+) -> list[events_repo.JobEvent]:
     return [
         events_repo.transition(c.job_id, c.attempt, c.previous_status, c.status, at, **kw)
         for c in changes
@@ -139,7 +141,9 @@ def finish_attempt(
     # Dependents before the pool row: the pool is always the last lock taken.
     if outcome.status is JobStatus.COMPLETED:
         ready = jobs_repo.unblock_dependents(conn, job_id, now, settings.aging_seconds_per_level)
-        events_repo.record_events(conn, _transition_events(ready, now, message=f"{job_id} completed"))
+        events_repo.record_events(
+            conn, _transition_events(ready, now, message=f"{job_id} completed")
+        )
     elif outcome.status is JobStatus.FAILED:
         _cascade_cancel(conn, job_id, f"upstream_failed:{job_id}", now)
         consequences.dead_letter_id = dead_letters_repo.record_dead_letter(
@@ -186,7 +190,9 @@ def cancel_job(conn: sa.Connection, settings: Settings, job_id: str, now: dateti
     change = jobs_repo.cancel_waiting_job(conn, job_id, "cancelled_by_request", now)
     if change is None:
         raise errors.NotCancellable(f"job {job_id!r} changed status; try again")
-    events_repo.record_events(conn, _transition_events([change], now, message="cancelled by request"))
+    events_repo.record_events(
+        conn, _transition_events([change], now, message="cancelled by request")
+    )
     _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
     _release(conn, job_id, None, now)
     return Consequences(admitted=admit_ready_jobs(conn, settings, now))

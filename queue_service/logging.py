@@ -24,6 +24,8 @@ def configure_logging(level: str = "INFO", *, process: str) -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(process=process)
+    # pika narrates every connection at INFO; only its problems matter here.
+    logging.getLogger("pika").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -67,9 +67,7 @@ def run_maintenance(
     publish_admitted(broker, admitted)
     reclaimed = reclaim_expired_leases(engine, settings, broker, now)
     if promoted or admitted or reclaimed:
-        log.info(
-            "maintenance_pass", promoted=promoted, admitted=len(admitted), reclaimed=reclaimed
-        )
+        log.info("maintenance_pass", promoted=promoted, admitted=len(admitted), reclaimed=reclaimed)
     return MaintenanceReport(True, promoted, len(admitted), 0, reclaimed)
 
 

@@ -42,9 +42,7 @@ def admit_ready_jobs(conn: sa.Connection, settings: Settings, now: datetime) -> 
     ]
     leases_repo.grant_leases(conn, grants, now)
     jobs_repo.mark_queued(conn, [g.job_id for g in grants], now)
-    pool_repo.take_tokens(
-        conn, sum(g.cpu_units for g in grants), sum(g.memory_mb for g in grants)
-    )
+    pool_repo.take_tokens(conn, sum(g.cpu_units for g in grants), sum(g.memory_mb for g in grants))
     events_repo.record_events(
         conn,
         [
@@ -59,9 +57,7 @@ def admit_ready_jobs(conn: sa.Connection, settings: Settings, now: datetime) -> 
             for g in grants
         ],
     )
-    return [
-        Admitted(c.job_id, attempts_so_far[c.job_id] + 1, c.priority) for c in decision.started
-    ]
+    return [Admitted(c.job_id, attempts_so_far[c.job_id] + 1, c.priority) for c in decision.started]
 
 
 def explain_wait(conn: sa.Connection, settings: Settings, job: sa.Row, now: datetime) -> str | None:

@@ -21,7 +21,7 @@ from queue_service import errors
 from queue_service.admission import AdmissionPolicy, admission_rank
 from queue_service.dependency_graph import validate_batch
 from queue_service.job_types import get_job_type
-from queue_service.model import JobStatus, Priority, Resources, RetryConfig
+from queue_service.model import Priority, Resources, RetryConfig
 from queue_service.publisher import Admitted
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
@@ -86,11 +86,19 @@ def check_against_product(spec: JobSpec, settings: Settings) -> None:
         )
     over = {}
     if spec.resources.cpu_units > settings.pool_cpu_units:
-        over["cpu_units"] = {"requested": spec.resources.cpu_units, "capacity": settings.pool_cpu_units}
+        over["cpu_units"] = {
+            "requested": spec.resources.cpu_units,
+            "capacity": settings.pool_cpu_units,
+        }
     if spec.resources.memory_mb > settings.pool_memory_mb:
-        over["memory_mb"] = {"requested": spec.resources.memory_mb, "capacity": settings.pool_memory_mb}
+        over["memory_mb"] = {
+            "requested": spec.resources.memory_mb,
+            "capacity": settings.pool_memory_mb,
+        }
     if over:
-        raise errors.ExceedsCapacity("the job needs more than the whole token pool: it could never run", over)
+        raise errors.ExceedsCapacity(
+            "the job needs more than the whole token pool: it could never run", over
+        )
 
 
 def _initial_state(
@@ -109,7 +117,9 @@ def _initial_state(
     }
     if dead:
         kind = "failed" if dep_statuses[dead[0]] == "failed" else "cancelled"
-        state.update(status="cancelled", finished_at=now, cancel_reason=f"upstream_{kind}:{dead[0]}")
+        state.update(
+            status="cancelled", finished_at=now, cancel_reason=f"upstream_{kind}:{dead[0]}"
+        )
     elif remaining:
         state["status"] = "blocked"
     elif spec.run_at is not None and spec.run_at > now:
@@ -214,7 +224,9 @@ def submit_batch(
     batch_ids = set(ids)
     external = sorted({d for spec in specs for d in spec.depends_on if d not in batch_ids})
     dep_statuses = jobs_repo.lock_statuses_for_dependency(conn, external)
-    validate_batch([(i, s.depends_on) for i, s in zip(ids, specs, strict=True)], dep_statuses.keys())
+    validate_batch(
+        [(i, s.depends_on) for i, s in zip(ids, specs, strict=True)], dep_statuses.keys()
+    )
     taken = jobs_repo.existing_ids(conn, ids)
     if taken:
         raise errors.DuplicateJobId(
@@ -230,8 +242,14 @@ def submit_batch(
     jobs_repo.insert_jobs(conn, rows)
     jobs_repo.insert_dependencies(
         conn,
-        [(i, d) for i, spec in zip(ids, specs, strict=True) for d in dict.fromkeys(spec.depends_on)],
+        [
+            (i, d)
+            for i, spec in zip(ids, specs, strict=True)
+            for d in dict.fromkeys(spec.depends_on)
+        ],
     )
     events_repo.record_events(conn, [_submitted_event(row, now) for row in rows])
-    admitted = admit_ready_jobs(conn, settings, now) if any(r["status"] == "pending" for r in rows) else []
+    admitted = (
+        admit_ready_jobs(conn, settings, now) if any(r["status"] == "pending" for r in rows) else []
+    )
     return ids, admitted

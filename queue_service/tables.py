@@ -87,6 +87,12 @@ sa.Index(
     jobs.c.next_attempt_at,
     postgresql_where=sa.text("status IN ('scheduled', 'retrying')"),
 )
+# Throughput and timing percentiles over recently finished jobs (GET /stats, /metrics).
+sa.Index(
+    "ix_jobs_finished",
+    jobs.c.finished_at,
+    postgresql_where=sa.text("finished_at IS NOT NULL"),
+)
 # GET /jobs pages, newest first, optionally filtered by status or type.
 sa.Index("ix_jobs_created", jobs.c.created_at, jobs.c.id)
 sa.Index("ix_jobs_status_created", jobs.c.status, jobs.c.created_at, jobs.c.id)
@@ -137,9 +143,7 @@ resource_pool = sa.Table(
     sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.CheckConstraint("id = 1", name="ck_resource_pool_singleton"),
     sa.CheckConstraint("cpu_used BETWEEN 0 AND cpu_capacity", name="ck_resource_pool_cpu"),
-    sa.CheckConstraint(
-        "memory_used BETWEEN 0 AND memory_capacity", name="ck_resource_pool_memory"
-    ),
+    sa.CheckConstraint("memory_used BETWEEN 0 AND memory_capacity", name="ck_resource_pool_memory"),
 )
 
 leases = sa.Table(

@@ -26,7 +26,9 @@ log = get_logger(__name__)
 
 
 class AttemptClaim(dramatiq.Middleware):
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def before_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any]
+    ) -> None:
         ids = job_attempt(message)
         if ids is None:
             return
@@ -41,7 +43,9 @@ class AttemptClaim(dramatiq.Middleware):
             expires = now + timedelta(
                 seconds=job.timeout_seconds + runtime.settings.lease_grace_seconds
             )
-            if not leases_repo.start_lease(conn, job_id, attempt, expires, runtime.worker_name, now):
+            if not leases_repo.start_lease(
+                conn, job_id, attempt, expires, runtime.worker_name, now
+            ):
                 raise _LeaseLost()  # rolls the claim back
             events_repo.record_events(
                 conn,

@@ -32,7 +32,9 @@ def job_attempt(message: dramatiq.Message[Any]) -> tuple[str, int] | None:
 
 
 class ResourceTokens(dramatiq.Middleware):
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def before_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any]
+    ) -> None:
         ids = job_attempt(message)
         if ids is None:
             return

@@ -104,6 +104,13 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status = 'pending' AND queued_at IS NULL"),
     )
+    op.create_index(
+        "ix_jobs_finished",
+        "jobs",
+        ["finished_at"],
+        unique=False,
+        postgresql_where=sa.text("finished_at IS NOT NULL"),
+    )
     op.create_index("ix_jobs_created", "jobs", ["created_at", "id"], unique=False)
     op.create_index(
         "ix_jobs_due",

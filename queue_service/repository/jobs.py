@@ -42,7 +42,9 @@ def _changes(rows: Sequence[Row]) -> list[StatusChange]:
 
 def insert_job_if_new(conn: sa.Connection, row: Mapping[str, Any]) -> bool:
     """Insert one job unless its id or idempotency key exists already."""
-    result = conn.execute(pg_insert(jobs).values(**row).on_conflict_do_nothing().returning(jobs.c.id))
+    result = conn.execute(
+        pg_insert(jobs).values(**row).on_conflict_do_nothing().returning(jobs.c.id)
+    )
     return result.first() is not None
 
 
@@ -67,7 +69,9 @@ def find_by_id_or_key(
         if row is not None:
             return row
     if idempotency_key is not None:
-        return conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == idempotency_key)).first()
+        return conn.execute(
+            sa.select(jobs).where(jobs.c.idempotency_key == idempotency_key)
+        ).first()
     return None
 
 

@@ -1,0 +1,262 @@
+"""/jobs: submit, inspect, list, cancel, logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Header, Query, Response
+
+from api.deps import AppState, State
+from api.errors import ERROR_RESPONSES
+from api.schemas import (
+    MAX_PAYLOAD_BYTES,
+    BatchAccepted,
+    BatchCreate,
+    JobAccepted,
+    JobCreate,
+    JobLogEntry,
+    JobLogs,
+    JobPublic,
+    JobsPublic,
+    JobSummary,
+    summary_fields,
+)
+from queue_service import errors
+from queue_service.db import in_transaction
+from queue_service.lifecycle import cancel_job
+from queue_service.model import JobStatus, Priority
+from queue_service.publisher import Admitted, publish_admitted
+from queue_service.repository import events as events_repo
+from queue_service.repository import jobs as jobs_repo
+from queue_service.scheduling import explain_wait
+from queue_service.submission import submit_batch, submit_job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_payload_size(job: JobCreate, index: int | None = None) -> None:
+    size = len(json.dumps(job.payload, separators=(",", ":")).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        where = "" if index is None else f" (jobs[{index}])"
+        raise errors.PayloadTooLarge(
+            f"payload is {size} bytes{where}; the limit is {MAX_PAYLOAD_BYTES}",
+            {"size": size, "limit": MAX_PAYLOAD_BYTES, "index": index},
+        )
+
+
+def _publish(state: AppState, admitted: list[Admitted]) -> None:
+    publish_admitted(state.broker, admitted)
+
+
+def _accepted(conn: sa.Connection, job: Any) -> JobAccepted:
+    position = None
+    if job.status == JobStatus.PENDING and job.queued_at is None:
+        position = jobs_repo.position_in_queue(conn, job.id)
+    return JobAccepted(
+        job_id=job.id,
+        status=job.status,
+        created_at=job.created_at,
+        priority=job.priority,
+        position_in_queue=position,
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobAccepted,
+    responses={200: {"model": JobAccepted, "description": "a repeated submission: the original"}},
+)
+def create_job(
+    body: JobCreate,
+    state: State,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobAccepted:
+    """Submit one job. Repeating a submission (same job_id or idempotency key, same body)
+    returns the original with 200; a different body under the same id or key is a 409."""
+    _check_payload_size(body)
+    spec = body.to_spec(idempotency_key)
+
+    def work(conn: sa.Connection) -> tuple[JobAccepted, bool, list[Admitted]]:
+        submitted, admitted = submit_job(conn, state.settings, spec, _now())
+        return _accepted(conn, submitted.job), submitted.created, admitted
+
+    accepted, created, admitted = in_transaction(state.engine, work)
+    _publish(state, admitted)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/jobs/{accepted.job_id}"
+    return accepted
+
+
+@router.post("/batch", status_code=201, response_model=BatchAccepted)
+def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
+    """Submit up to 10,000 jobs atomically. `depends_on` may name jobs of the same batch,
+    in any order, or existing jobs. A cycle is rejected (422 `dependency_cycle`, naming
+    it) and nothing of the batch is stored."""
+    for index, job in enumerate(body.jobs):
+        _check_payload_size(job, index)
+    specs = [job.to_spec() for job in body.jobs]
+    now = _now()
+
+    def work(conn: sa.Connection) -> tuple[list[str], list[Admitted]]:
+        return submit_batch(conn, state.settings, specs, now)
+
+    ids, admitted = in_transaction(state.engine, work)
+    _publish(state, admitted)
+    with state.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT id, status, created_at, priority, queued_at FROM jobs WHERE id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        ).all()
+    by_id = {r.id: r for r in rows}
+    return BatchAccepted(
+        items=[
+            JobAccepted(
+                job_id=i,
+                status=by_id[i].status,
+                created_at=by_id[i].created_at,
+                priority=by_id[i].priority,
+                position_in_queue=None,
+            )
+            for i in ids
+        ]
+    )
+
+
+def _job_public(conn: sa.Connection, state: AppState, job: Any) -> JobPublic:
+    dependencies = jobs_repo.get_dependencies(conn, job.id)
+    return JobPublic(
+        **summary_fields(job),
+        payload=job.payload,
+        retry_config={
+            "max_attempts": job.max_attempts,
+            "backoff_multiplier": job.backoff_multiplier,
+            "initial_delay_seconds": job.initial_delay_seconds,
+            "max_delay_seconds": job.max_delay_seconds,
+        },
+        timeout_seconds=job.timeout_seconds,
+        run_at=job.run_at,
+        idempotency_key=job.idempotency_key,
+        max_attempts=job.max_attempts,
+        queued_at=job.queued_at,
+        next_attempt_at=job.next_attempt_at,
+        cancel_requested_at=job.cancel_requested_at,
+        depends_on=[d for d, _ in dependencies],
+        dependents=jobs_repo.get_dependents(conn, job.id),
+        blocked_by=[d for d, status in dependencies if status != JobStatus.COMPLETED],
+        waiting_reason=explain_wait(conn, state.settings, job, _now()),
+        result=job.result,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, state: State) -> JobPublic:
+    """The job with its status, attempts, timestamps, graph edges and why it waits."""
+    with state.engine.connect() as conn:
+        job = jobs_repo.get_job(conn, job_id)
+        if job is None:
+            raise errors.JobNotFound(f"job {job_id!r} not found", {"job_id": job_id})
+        return _job_public(conn, state, job)
+
+
+def _encode_cursor(created_at: datetime, job_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(job_id)
+    except (ValueError, TypeError) as error:
+        raise errors.InvalidCursor("cursor is not one this API returned") from error
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    state: State,
+    status: JobStatus | None = None,
+    type: str | None = None,
+    priority: Priority | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> JobsPublic:
+    """Jobs newest first, filtered; pass `next_cursor` back as `cursor` for the next page."""
+    after = _decode_cursor(cursor) if cursor else None
+    with state.engine.connect() as conn:
+        rows = jobs_repo.list_jobs(
+            conn,
+            status=status.value if status else None,
+            type_=type,
+            priority=priority.value if priority else None,
+            created_after=created_after,
+            created_before=created_before,
+            after=after,
+            limit=limit + 1,
+        )
+    page = rows[:limit]
+    next_cursor = (
+        _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit and page else None
+    )
+    return JobsPublic(
+        items=[JobSummary(**summary_fields(r)) for r in page], next_cursor=next_cursor
+    )
+
+
+@router.patch(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={202: {"model": JobPublic, "description": "running: the attempt is being stopped"}},
+)
+def cancel(job_id: str, state: State, response: Response) -> JobPublic:
+    """Cancel a waiting job at once (200), or stop a running one (202, then `cancelled`).
+    A finished job cannot be cancelled (409). Dependents are cancelled with it."""
+
+    def work(conn: sa.Connection) -> list[Admitted]:
+        return cancel_job(conn, state.settings, job_id, _now()).admitted
+
+    admitted = in_transaction(state.engine, work)
+    _publish(state, admitted)
+    with state.engine.connect() as conn:
+        job = jobs_repo.get_job(conn, job_id)
+        assert job is not None
+        response.status_code = 202 if job.status == JobStatus.RUNNING else 200
+        return _job_public(conn, state, job)
+
+
+@router.get("/{job_id}/logs", response_model=JobLogs)
+def job_logs(job_id: str, state: State) -> JobLogs:
+    """Execution history: every transition, claim, token grant and release, with errors."""
+    with state.engine.connect() as conn:
+        if jobs_repo.get_job(conn, job_id) is None:
+            raise errors.JobNotFound(f"job {job_id!r} not found", {"job_id": job_id})
+        rows = events_repo.list_job_events(conn, job_id)
+    return JobLogs(
+        items=[
+            JobLogEntry(
+                at=r.at,
+                level=r.level,
+                event=r.event,
+                attempt=r.attempt,
+                message=r.message,
+                data={**r.data, "status": r.status, "previous_status": r.previous_status}
+                if r.status
+                else r.data,
+            )
+            for r in rows
+        ]
+    )

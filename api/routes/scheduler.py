@@ -1,0 +1,34 @@
+"""/scheduler: stop and restart the starting of new jobs (running ones go on)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from fastapi import APIRouter
+
+from api.deps import State
+from api.schemas import SchedulerState
+from queue_service.db import in_transaction
+from queue_service.publisher import publish_admitted
+from queue_service.repository import pool as pool_repo
+from queue_service.scheduling import admit_ready_jobs
+
+router = APIRouter(prefix="/scheduler", tags=["scheduler"])
+
+
+@router.post("/pause", response_model=SchedulerState)
+def pause(state: State) -> SchedulerState:
+    with state.engine.begin() as conn:
+        pool_repo.set_paused(conn, True)
+    return SchedulerState(paused=True)
+
+
+@router.post("/resume", response_model=SchedulerState)
+def resume(state: State) -> SchedulerState:
+    def work(conn: sa.Connection) -> list:  # type: ignore[type-arg]
+        pool_repo.set_paused(conn, False)
+        return admit_ready_jobs(conn, state.settings, datetime.now(UTC))
+
+    publish_admitted(state.broker, in_transaction(state.engine, work))
+    return SchedulerState(paused=False)

@@ -1,0 +1,206 @@
+"""Request and response schemas, separate from the tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from queue_service.model import JobStatus, Priority, Resources, RetryConfig
+from queue_service.submission import JobSpec
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, examples=["fetch_data_001"])]
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_BATCH = 10_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourceRequirements(_Strict):
+    cpu_units: int = Field(default=1, ge=1, le=1_000_000)
+    memory_mb: int = Field(default=128, ge=1, le=1_000_000_000)
+
+
+class RetryConfigIn(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_multiplier: float = Field(default=2.0, ge=1, le=1000, allow_inf_nan=False)
+    initial_delay_seconds: float = Field(default=1.0, ge=0, le=86_400 * 30, allow_inf_nan=False)
+    max_delay_seconds: float = Field(default=300.0, ge=0, le=86_400 * 30, allow_inf_nan=False)
+
+
+class JobCreate(_Strict):
+    """A job submission. Every field is optional."""
+
+    job_id: JobId | None = Field(
+        default=None, description="client-chosen id; generated when absent"
+    )
+    type: str = Field(default="noop", max_length=128, description="a registered job type")
+    priority: Priority = Priority.NORMAL
+    payload: dict[str, Any] = Field(default_factory=dict, description="at most 64 KiB as JSON")
+    resource_requirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    depends_on: list[JobId] = Field(default_factory=list, max_length=10_000)
+    retry_config: RetryConfigIn = Field(default_factory=RetryConfigIn)
+    timeout_seconds: float = Field(default=300.0, gt=0, le=86_400 * 7, allow_inf_nan=False)
+    run_at: datetime | None = Field(default=None, description="ISO-8601; naive means UTC")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    def to_spec(self, idempotency_key: str | None = None) -> JobSpec:
+        retry = self.retry_config
+        return JobSpec(
+            type=self.type,
+            job_id=self.job_id,
+            priority=self.priority,
+            payload=self.payload,
+            resources=Resources(
+                self.resource_requirements.cpu_units, self.resource_requirements.memory_mb
+            ),
+            depends_on=tuple(self.depends_on),
+            retry=RetryConfig(
+                max_attempts=retry.max_attempts,
+                backoff_multiplier=retry.backoff_multiplier,
+                initial_delay_seconds=retry.initial_delay_seconds,
+                max_delay_seconds=max(retry.max_delay_seconds, 0.0),
+            ),
+            timeout_seconds=self.timeout_seconds,
+            run_at=self.run_at,
+            idempotency_key=idempotency_key or self.idempotency_key,
+        )
+
+
+class BatchCreate(_Strict):
+    jobs: list[JobCreate] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    created_at: datetime
+    priority: Priority
+    position_in_queue: int | None = Field(
+        description="ready jobs ranked ahead of this one (null unless it is waiting for tokens)"
+    )
+
+
+class BatchAccepted(BaseModel):
+    items: list[JobAccepted]
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    type: str
+    priority: Priority
+    status: JobStatus
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    resource_requirements: ResourceRequirements
+    cancel_reason: str | None
+    last_error: str | None
+
+
+class JobPublic(JobSummary):
+    payload: dict[str, Any]
+    retry_config: RetryConfigIn
+    timeout_seconds: float
+    run_at: datetime | None
+    idempotency_key: str | None
+    max_attempts: int
+    queued_at: datetime | None
+    next_attempt_at: datetime | None
+    cancel_requested_at: datetime | None
+    depends_on: list[str]
+    dependents: list[str]
+    blocked_by: list[str] = Field(description="dependencies not completed yet")
+    waiting_reason: str | None = Field(
+        description="why it is not running: dependencies, scheduled, backoff, insufficient_cpu, "
+        "insufficient_memory, reserved_for:<job_id>, paused, no_worker"
+    )
+    result: Any = None
+
+
+class JobsPublic(BaseModel):
+    items: list[JobSummary]
+    next_cursor: str | None
+
+
+class JobLogEntry(BaseModel):
+    at: datetime
+    level: str
+    event: str
+    attempt: int
+    message: str
+    data: dict[str, Any]
+
+
+class JobLogs(BaseModel):
+    items: list[JobLogEntry]
+
+
+class JobTypePublic(BaseModel):
+    type: str
+    description: str
+    default_duration_seconds: float
+
+
+class JobTypes(BaseModel):
+    items: list[JobTypePublic]
+
+
+class DeadLetterPublic(BaseModel):
+    id: int
+    job_id: str
+    type: str
+    reason: str
+    attempts: int
+    last_error: str | None
+    died_at: datetime
+    original_message: dict[str, Any]
+    resolved_at: datetime | None
+    resolution: str | None
+
+
+class DeadLettersPublic(BaseModel):
+    items: list[DeadLetterPublic]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class SchedulerState(BaseModel):
+    paused: bool
+
+
+def summary_fields(job: Any) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "type": job.type,
+        "priority": job.priority,
+        "status": job.status,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "resource_requirements": {"cpu_units": job.cpu_units, "memory_mb": job.memory_mb},
+        "cancel_reason": job.cancel_reason,
+        "last_error": job.last_error,
+    }
