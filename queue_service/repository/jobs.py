@@ -277,7 +277,7 @@ def record_outcome(
     conn.execute(
         sa.text(
             "UPDATE jobs SET status = :status, next_attempt_at = :next, "
-            "finished_at = :finished, queued_at = NULL, "
+            "finished_at = :finished, "
             "last_error = coalesce(:error, last_error), cancel_reason = :cancel_reason, "
             "result = CAST(:result AS jsonb) WHERE id = :id AND status = 'running'"
         ),

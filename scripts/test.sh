@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Smart Task Queue: run the whole test suite.
+#
+#   bash scripts/test.sh [pytest arguments...]
+#
+# Tests never touch the development database or vhost: they run against
+#   TASKQ_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/taskq_test
+#   TASKQ_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/taskq_test
+# (override with TASKQ_TEST_DATABASE_URL / TASKQ_TEST_BROKER_URL). scripts/setup.sh makes
+# the venv and the services ready and creates that database and that vhost (with all
+# permissions for the URL's user) when missing; the schema of the test database is the
+# tests' own business (no migration is applied here). Then pytest runs with the
+# configuration in pyproject.toml.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export TASKQ_DATABASE_URL="${TASKQ_TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/taskq_test}"
+export TASKQ_BROKER_URL="${TASKQ_TEST_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672/taskq_test}"
+
+TASKQ_SKIP_MIGRATIONS=1 bash "$ROOT/scripts/setup.sh"
+
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+printf 'test: pytest with TASKQ_DATABASE_URL=%s TASKQ_BROKER_URL=%s\n' "$TASKQ_DATABASE_URL" "$TASKQ_BROKER_URL"
+exec "$ROOT/.venv/bin/pytest" "$@"

@@ -1,0 +1,158 @@
+"""Shared fixtures: the test database, the test RabbitMQ vhost and the running product.
+
+scripts/test.sh points TASKQ_DATABASE_URL at the `taskq_test` database and
+TASKQ_BROKER_URL at the `taskq_test` vhost, so tests never touch a developer's data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from queue_service import names
+from queue_service.broker import connection_parameters
+from queue_service.settings import Settings
+from tests.support.product import ROOT, Product
+
+# Settings every test product runs with: short simulated work, fast maintenance.
+FAST_ENV = {
+    "TASKQ_DURATION_SCALE": "0.05",
+    "TASKQ_MAINTENANCE_INTERVAL_SECONDS": "0.2",
+    "TASKQ_LEASE_GRACE_SECONDS": "2",
+    "TASKQ_REPUBLISH_AFTER_SECONDS": "5",
+    "TASKQ_CANCEL_POLL_SECONDS": "0.1",
+}
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    settings = Settings()
+    database = sa.engine.make_url(settings.database_url).database or ""
+    if not database.endswith("_test"):
+        pytest.exit(
+            f"refusing to run against database {database!r}: run the tests with scripts/test.sh",
+            returncode=2,
+        )
+    return settings
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(settings.database_url, pool_size=5)
+    yield engine
+    engine.dispose()
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    return config
+
+
+@pytest.fixture(scope="session")
+def migrated(settings: Settings, engine: sa.Engine) -> None:
+    """A freshly migrated schema, once per test session."""
+    config = alembic_config(settings.database_url)
+    command.downgrade(config, "base")
+    command.upgrade(config, "head")
+
+
+def purge_queues(settings: Settings) -> None:
+    params = connection_parameters(settings.broker_url, "taskq-tests")
+    connection = pika.BlockingConnection(pika.ConnectionParameters(**params))
+    try:
+        for queue in (
+            names.JOBS_QUEUE,
+            f"{names.JOBS_QUEUE}.DQ",
+            names.MAINTENANCE_QUEUE,
+            f"{names.MAINTENANCE_QUEUE}.DQ",
+            names.DEAD_LETTER_QUEUE,
+        ):
+            channel = connection.channel()
+            try:
+                channel.queue_purge(queue)
+                channel.close()
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # not declared yet
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def clean_state(migrated: None, settings: Settings, engine: sa.Engine) -> None:
+    """Empty tables, an idle unpaused pool at the configured capacity, empty queues."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE jobs, job_dependencies, job_events, leases, dead_letters"))
+        conn.execute(
+            sa.text(
+                "UPDATE resource_pool SET cpu_used = 0, memory_used = 0, paused = false, "
+                "cpu_capacity = :cpu, memory_capacity = :mem"
+            ),
+            {"cpu": settings.pool_cpu_units, "mem": settings.pool_memory_mb},
+        )
+    purge_queues(settings)
+
+
+ProductFactory = Callable[..., Product]
+
+
+@pytest.fixture
+def start_product(
+    clean_state: None, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ProductFactory]:
+    """Start an api and `workers` worker processes with extra TASKQ_* settings."""
+    started: list[Product] = []
+
+    def start(workers: int = 1, threads: int = 8, **env: str) -> Product:
+        product = Product(env={**FAST_ENV, **env}, log_dir=tmp_path)
+        started.append(product)
+        product.start_api()
+        for _ in range(workers):
+            product.start_worker(processes=1, threads=threads)
+        return product
+
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for product in started:
+        if failed is not None and failed.failed:
+            for process in product.processes:
+                print(f"--- {process.name} log ---\n{process.log_tail(60)}")
+        product.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_product(
+    migrated: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Product]:
+    """One api and two worker processes for the tests that need no special settings."""
+    product = Product(env=dict(FAST_ENV), log_dir=tmp_path_factory.mktemp("shared-product"))
+    product.start_api()
+    product.start_worker(processes=1)
+    product.start_worker(processes=1)
+    yield product
+    product.stop()
+
+
+@pytest.fixture
+def product(shared_product: Product, clean_state: None) -> Product:
+    """The shared product, with clean tables and queues."""
+    return shared_product
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+os.environ.setdefault("TZ", "UTC")

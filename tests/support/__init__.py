@@ -1,0 +1,1 @@
+"""Test helpers: the product's processes started as a user starts them."""

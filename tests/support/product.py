@@ -1,0 +1,181 @@
+"""Start the real api and worker processes for a test, and talk to them.
+
+Processes are started exactly as scripts/run.sh starts them (uvicorn, the dramatiq
+CLI), against the test database and the test RabbitMQ vhost, with per-test settings
+passed as TASKQ_* environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, message: str = ""
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, sig)
+            self.popen.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(5)
+
+
+@dataclass
+class Product:
+    """A running api plus worker processes, and an HTTP client for the api."""
+
+    env: dict[str, str]
+    log_dir: Path
+    api_port: int = field(default_factory=free_port)
+    processes: list[Process] = field(default_factory=list)
+    client: httpx.Client | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def http(self) -> httpx.Client:
+        assert self.client is not None
+        return self.client
+
+    def _spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str] = ()) -> Process:  # type: ignore[assignment]
+        log_path = self.log_dir / f"{name}.log"
+        env = {**os.environ, **self.env, **dict(extra_env)}
+        popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() signals all its children
+        )
+        process = Process(name, popen, log_path)
+        self.processes.append(process)
+        return process
+
+    def start_api(self) -> Process:
+        process = self._spawn(
+            "api",
+            [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(self.api_port)],
+        )
+        self.client = httpx.Client(base_url=self.base_url, timeout=30)
+
+        def ready() -> bool:
+            if process.popen.poll() is not None:
+                raise AssertionError(f"api exited:\n{process.log_tail()}")
+            try:
+                return self.http.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 30, 0.1, "the api to be ready")
+        return process
+
+    def start_worker(self, processes: int = 1, threads: int = 8, name: str = "worker") -> Process:
+        index = sum(1 for p in self.processes if p.name.startswith(name))
+        process = self._spawn(
+            f"{name}-{index}",
+            [
+                str(BIN / "dramatiq"),
+                "actors.worker",
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
+            ],
+            {"dramatiq_queue_prefetch": str(threads)},
+        )
+        # The worker is up once its log says so for every process.
+        wait_until(
+            lambda: process.log_path.exists()
+            and process.log_path.read_text(errors="replace").count("ready for action") >= processes,
+            30,
+            0.1,
+            f"{processes} worker processes to boot",
+        )
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        if self.client is not None:
+            self.client.close()
+
+    # --- conveniences for tests -------------------------------------------------------
+
+    def submit(self, body: Mapping[str, Any], **headers: str) -> dict[str, Any]:
+        response = self.http.post("/jobs", json=dict(body), headers=headers)
+        assert response.status_code in (200, 201), response.text
+        return dict(response.json())
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_for_status(
+        self, job_id: str, statuses: set[str] | str, timeout: float = 30
+    ) -> dict[str, Any]:
+        wanted = {statuses} if isinstance(statuses, str) else statuses
+        return dict(
+            wait_until(
+                lambda: (job := self.job(job_id))["status"] in wanted and job,
+                timeout,
+                0.05,
+                f"{job_id} to be {sorted(wanted)}",
+            )
+        )
+
+    def wait_all_terminal(self, job_ids: list[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
+        terminal = {"completed", "failed", "cancelled"}
+        return {job_id: self.wait_for_status(job_id, terminal, timeout) for job_id in job_ids}
