@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import ErrorResponse
 from queue_service import errors
 from queue_service.logging import get_logger
 
@@ -36,16 +37,25 @@ STATUS_BY_ERROR: dict[type[errors.TaskQueueError], int] = {
 }
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"description": "not found (`job_not_found`, `dead_letter_not_found`)"},
+    400: {"model": ErrorResponse, "description": "`malformed_json`: the body is not valid JSON"},
+    404: {
+        "model": ErrorResponse,
+        "description": "not found (`job_not_found`, `dead_letter_not_found`)",
+    },
     409: {
-        "description": "conflict (`idempotency_conflict`, `not_cancellable`, `duplicate_job_id`)"
+        "model": ErrorResponse,
+        "description": "conflict (`idempotency_conflict`, `not_cancellable`, `duplicate_job_id`)",
     },
-    413: {"description": "`payload_too_large`"},
+    413: {"model": ErrorResponse, "description": "`payload_too_large`"},
     422: {
-        "description": "invalid (`validation_error`, `unknown_job_type`, `exceeds_capacity`, "
-        "`unknown_dependency`, `dependency_cycle`)"
+        "model": ErrorResponse,
+        "description": "invalid (`validation_error`, `invalid_cursor`, `unknown_job_type`, "
+        "`exceeds_capacity`, `unknown_dependency`, `dependency_cycle`)",
     },
-    503: {"description": "`service_unavailable`: PostgreSQL or RabbitMQ unreachable"},
+    503: {
+        "model": ErrorResponse,
+        "description": "`service_unavailable`: PostgreSQL or RabbitMQ unreachable",
+    },
 }
 
 
@@ -87,6 +97,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_down(request: Request, error: sa.exc.OperationalError) -> JSONResponse:
         log.error("database_unavailable", error=str(error.orig))
         return error_response(503, "service_unavailable", "PostgreSQL is unreachable")
+
+    @app.exception_handler(sa.exc.DataError)
+    async def unstorable_value(request: Request, error: sa.exc.DataError) -> JSONResponse:
+        # PostgreSQL refused a value the schemas let through: a NUL character, NaN or
+        # Infinity inside a payload, an id beyond bigint. Bad input, not a server fault.
+        reason = str(error.orig).splitlines()[0] if error.orig is not None else str(error)
+        log.warning("unstorable_value", path=request.url.path, error=reason)
+        return error_response(
+            422, "validation_error", "a value cannot be stored or compared", {"reason": reason}
+        )
 
     @app.exception_handler(sa.exc.IntegrityError)
     async def conflict(request: Request, error: sa.exc.IntegrityError) -> JSONResponse:

@@ -47,7 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Background jobs with priorities, dependency DAGs, resource tokens, "
         "retries with backoff and a dead-letter exchange. Every error is "
-        '`{"error": {"code", "message", "details"}}`.',
+        '`{"error": {"code", "message", "details"}}`.\n\n'
+        "Live events: WebSocket `WS /jobs/stream` (not listed below: OpenAPI has no "
+        "WebSockets) sends `{event, job_id, type, status, previous_status, attempt, at}` "
+        "for every status change; optional query filters `job_id` (repeatable), `type`, "
+        "`status`. The first message is `{event: subscribed, listening}`.",
         lifespan=lifespan,
     )
     install_error_handlers(app)

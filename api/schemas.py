@@ -51,9 +51,16 @@ class JobCreate(_Strict):
     @field_validator("run_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        # In UTC, as stored: an offset must not push it outside years 1-9999, or the row
+        # would be stored but could never be read back.
+        try:
+            return value.astimezone(UTC)
+        except OverflowError as error:
+            raise ValueError("run_at is out of range") from error
 
     def to_spec(self, idempotency_key: str | None = None) -> JobSpec:
         retry = self.retry_config

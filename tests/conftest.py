@@ -107,9 +107,15 @@ ProductFactory = Callable[..., Product]
 
 @pytest.fixture
 def start_product(
-    clean_state: None, tmp_path: Path, request: pytest.FixtureRequest
+    clean_state: None,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    shared_product: Product,
 ) -> Iterator[ProductFactory]:
     """Start an api and `workers` worker processes with extra TASKQ_* settings."""
+    # The shared product's workers consume the same queue: they would run this test's jobs
+    # with the wrong settings and thread counts. `product` restarts them when needed.
+    shared_product.stop()
     started: list[Product] = []
 
     def start(workers: int = 1, threads: int = 8, **env: str) -> Product:
@@ -133,11 +139,11 @@ def start_product(
 def shared_product(
     migrated: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Product]:
-    """One api and two worker processes for the tests that need no special settings."""
+    """One api and two worker processes for the tests that need no special settings.
+
+    Started on first use by `product`; `start_product` stops it while its own runs.
+    """
     product = Product(env=dict(FAST_ENV), log_dir=tmp_path_factory.mktemp("shared-product"))
-    product.start_api()
-    product.start_worker(processes=1)
-    product.start_worker(processes=1)
     yield product
     product.stop()
 
@@ -145,6 +151,10 @@ def shared_product(
 @pytest.fixture
 def product(shared_product: Product, clean_state: None) -> Product:
     """The shared product, with clean tables and queues."""
+    if not shared_product.processes:
+        shared_product.start_api()
+        shared_product.start_worker(processes=1)
+        shared_product.start_worker(processes=1)
     return shared_product
 
 

@@ -102,7 +102,10 @@ class Product:
         self.processes.append(process)
         return process
 
-    def start_api(self) -> Process:
+    def start_api(self, wait_ready: bool = True) -> Process:
+        """Start uvicorn; wait for /readyz 200, or only for /healthz 200 when `wait_ready`
+        is false (an api whose PostgreSQL or RabbitMQ is meant to be unreachable)."""
+        probe = "/readyz" if wait_ready else "/healthz"
         process = self._spawn(
             "api",
             [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(self.api_port)],
@@ -113,11 +116,11 @@ class Product:
             if process.popen.poll() is not None:
                 raise AssertionError(f"api exited:\n{process.log_tail()}")
             try:
-                return self.http.get("/readyz").status_code == 200
+                return self.http.get(probe).status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_until(ready, 30, 0.1, "the api to be ready")
+        wait_until(ready, 30, 0.1, f"the api to answer {probe} with 200")
         return process
 
     def start_worker(self, processes: int = 1, threads: int = 8, name: str = "worker") -> Process:
