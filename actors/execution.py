@@ -46,7 +46,7 @@ async def _run(
     cancel_requested: Callable[[], bool],
     poll_seconds: float,
 ) -> AttemptReport:
-    work = asyncio.create_task(job_type.handler(payload, context))
+    work = asyncio.ensure_future(job_type.handler(payload, context))
     watcher = asyncio.create_task(_watch_cancellation(cancel_requested, poll_seconds))
     done, _ = await asyncio.wait(
         {work, watcher}, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED

@@ -7,6 +7,7 @@ from periodiq import cron
 
 from actors.runtime import get_runtime
 from queue_service import names
+from queue_service.dead_letter_queue import compact_dead_letter_queue
 from queue_service.maintenance import run_maintenance
 
 
@@ -17,5 +18,8 @@ from queue_service.maintenance import run_maintenance
     max_retries=0,
 )
 def maintenance_sweep() -> None:
+    """The minute sweep: a maintenance pass (backstop for the workers' tickers), and the
+    dead-letter queue compaction that drops messages of replayed or discarded letters."""
     runtime = get_runtime()
     run_maintenance(runtime.engine, runtime.settings, runtime.broker)
+    compact_dead_letter_queue(runtime.engine, runtime.broker)

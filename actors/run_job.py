@@ -42,7 +42,8 @@ def run_job(job_id: str, attempt: int) -> None:
         assert job is not None, "the claim returned this job"
         job_type = get_job_type(job.type)
         if job_type is None:
-            report_result, error = AttemptResult.PERMANENT_ERROR, f"unknown job type {job.type!r}"
+            report_result = AttemptResult.PERMANENT_ERROR
+            error: str | None = f"unknown job type {job.type!r}"
             value = None
         else:
 

@@ -22,10 +22,17 @@ from queue_service.repository import pool as pool_repo
 from queue_service.settings import Settings
 
 
-def admit_ready_jobs(conn: sa.Connection, settings: Settings, now: datetime) -> list[Admitted]:
-    """Grant tokens to the ready jobs the policy starts; returns them for publishing."""
-    pool = pool_repo.lock_pool(conn)
-    if pool.paused or pool.cpu_free <= 0 or pool.memory_free <= 0:
+def admit_ready_jobs(
+    conn: sa.Connection, settings: Settings, now: datetime, *, wait: bool = True
+) -> list[Admitted]:
+    """Grant tokens to the ready jobs the policy starts; returns them for publishing.
+
+    wait=False (submissions) skips admission when another transaction is admitting: the
+    busy admitter, the next completion or the maintenance ticker admits the new job, so a
+    burst of submissions does not queue up on the pool row.
+    """
+    pool = pool_repo.lock_pool(conn, wait=wait)
+    if pool is None or pool.paused or pool.cpu_free <= 0 or pool.memory_free <= 0:
         return []
     locked = jobs_repo.lock_ready_candidates(conn, settings.admission_window)
     if not locked:

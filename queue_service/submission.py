@@ -10,7 +10,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from queue_service import errors
 from queue_service.admission import AdmissionPolicy, admission_rank
-from queue_service.dependency_graph import validate_batch
+from queue_service.dependency_graph import topological_order, validate_batch
 from queue_service.job_types import get_job_type
 from queue_service.model import Priority, Resources, RetryConfig
 from queue_service.publisher import Admitted
@@ -102,11 +102,21 @@ def check_against_product(spec: JobSpec, settings: Settings) -> None:
 
 
 def _initial_state(
-    spec: JobSpec, dep_statuses: dict[str, str], now: datetime, policy: AdmissionPolicy
+    spec: JobSpec,
+    dep_statuses: Mapping[str, str],
+    now: datetime,
+    policy: AdmissionPolicy,
+    inherited_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Status and scheduling columns of a new job, given its dependencies' statuses."""
-    dead = [d for d in spec.depends_on if dep_statuses.get(d) in ("failed", "cancelled")]
-    remaining = sum(1 for d in spec.depends_on if dep_statuses.get(d) != "completed")
+    """Status and scheduling columns of a new job, given its dependencies' statuses.
+
+    A dependency listed twice counts once (it is stored as one edge). A dead dependency
+    found in `inherited_reasons` (a job of the same batch cancelled on submission) passes
+    its own cancel reason on, as the cascade from a failure names its root.
+    """
+    depends_on = list(dict.fromkeys(spec.depends_on))
+    dead = [d for d in depends_on if dep_statuses.get(d) in ("failed", "cancelled")]
+    remaining = sum(1 for d in depends_on if dep_statuses.get(d) != "completed")
     state: dict[str, Any] = {
         "remaining_deps": remaining,
         "rank": None,
@@ -117,9 +127,8 @@ def _initial_state(
     }
     if dead:
         kind = "failed" if dep_statuses[dead[0]] == "failed" else "cancelled"
-        state.update(
-            status="cancelled", finished_at=now, cancel_reason=f"upstream_{kind}:{dead[0]}"
-        )
+        reason = (inherited_reasons or {}).get(dead[0]) or f"upstream_{kind}:{dead[0]}"
+        state.update(status="cancelled", finished_at=now, cancel_reason=reason)
     elif remaining:
         state["status"] = "blocked"
     elif spec.run_at is not None and spec.run_at > now:
@@ -194,7 +203,9 @@ def submit_job(
         return Submitted(original, created=False), []
     jobs_repo.insert_dependencies(conn, [(job_id, d) for d in dict.fromkeys(spec.depends_on)])
     events_repo.record_events(conn, [_submitted_event(row, now)])
-    admitted = admit_ready_jobs(conn, settings, now) if row["status"] == "pending" else []
+    admitted = (
+        admit_ready_jobs(conn, settings, now, wait=False) if row["status"] == "pending" else []
+    )
     job = jobs_repo.get_job(conn, job_id)
     assert job is not None
     return Submitted(job, created=True), admitted
@@ -233,12 +244,19 @@ def submit_batch(
             f"job ids already exist: {', '.join(sorted(taken)[:20])}", {"job_ids": sorted(taken)}
         )
     policy = AdmissionPolicy.from_settings(settings)
-    # In-batch dependencies are unfinished by definition.
-    statuses = {**dep_statuses, **{i: "blocked" for i in ids}}
-    rows = [
-        _row(spec, job_id, _initial_state(spec, statuses, now, policy), now)
-        for job_id, spec in zip(ids, specs, strict=True)
-    ]
+    # Dependencies first, so a job cancelled on submission (a dead stored dependency)
+    # cancels its dependents in the batch too; other batch jobs are unfinished.
+    by_id = dict(zip(ids, specs, strict=True))
+    statuses = dict(dep_statuses)
+    reasons: dict[str, str] = {}
+    states: dict[str, dict[str, Any]] = {}
+    for job_id in topological_order({i: s.depends_on for i, s in by_id.items()}):
+        state = _initial_state(by_id[job_id], statuses, now, policy, reasons)
+        states[job_id] = state
+        statuses[job_id] = "cancelled" if state["status"] == "cancelled" else "blocked"
+        if state["cancel_reason"]:
+            reasons[job_id] = state["cancel_reason"]
+    rows = [_row(spec, job_id, states[job_id], now) for job_id, spec in by_id.items()]
     jobs_repo.insert_jobs(conn, rows)
     jobs_repo.insert_dependencies(
         conn,

@@ -12,6 +12,7 @@ from typing import Any
 
 import dramatiq
 import sqlalchemy as sa
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from actors.middleware.resource_tokens import job_attempt
@@ -27,7 +28,7 @@ log = get_logger(__name__)
 
 class AttemptClaim(dramatiq.Middleware):
     def before_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any]
+        self, broker: dramatiq.Broker, message: MessageProxy
     ) -> None:
         ids = job_attempt(message)
         if ids is None:
@@ -77,6 +78,6 @@ class _LeaseLost(Exception):
     """The lease vanished between the token check and the claim (e.g. a cancel)."""
 
 
-def _redelivered(message: dramatiq.Message[Any]) -> bool:
+def _redelivered(message: MessageProxy) -> bool:
     delivered = getattr(message, "_message", None)
     return bool(getattr(delivered, "redelivered", False))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from actors.runtime import get_runtime
@@ -23,7 +24,7 @@ from queue_service.repository import leases as leases_repo
 log = get_logger(__name__)
 
 
-def job_attempt(message: dramatiq.Message[Any]) -> tuple[str, int] | None:
+def job_attempt(message: MessageProxy | dramatiq.Message[Any]) -> tuple[str, int] | None:
     """(job_id, attempt) of a job message, None for other actors' messages."""
     if message.actor_name != names.RUN_JOB_ACTOR:
         return None
@@ -33,7 +34,7 @@ def job_attempt(message: dramatiq.Message[Any]) -> tuple[str, int] | None:
 
 class ResourceTokens(dramatiq.Middleware):
     def before_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any]
+        self, broker: dramatiq.Broker, message: MessageProxy
     ) -> None:
         ids = job_attempt(message)
         if ids is None:
@@ -48,7 +49,7 @@ class ResourceTokens(dramatiq.Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message[Any],
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,

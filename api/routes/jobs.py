@@ -23,6 +23,7 @@ from api.schemas import (
     JobPublic,
     JobsPublic,
     JobSummary,
+    RetryConfigIn,
     summary_fields,
 )
 from queue_service import errors
@@ -139,12 +140,12 @@ def _job_public(conn: sa.Connection, state: AppState, job: Any) -> JobPublic:
     return JobPublic(
         **summary_fields(job),
         payload=job.payload,
-        retry_config={
-            "max_attempts": job.max_attempts,
-            "backoff_multiplier": job.backoff_multiplier,
-            "initial_delay_seconds": job.initial_delay_seconds,
-            "max_delay_seconds": job.max_delay_seconds,
-        },
+        retry_config=RetryConfigIn(
+            max_attempts=job.max_attempts,
+            backoff_multiplier=job.backoff_multiplier,
+            initial_delay_seconds=job.initial_delay_seconds,
+            max_delay_seconds=job.max_delay_seconds,
+        ),
         timeout_seconds=job.timeout_seconds,
         run_at=job.run_at,
         idempotency_key=job.idempotency_key,

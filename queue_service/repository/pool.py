@@ -7,14 +7,19 @@ import sqlalchemy as sa
 from queue_service.admission import PoolState
 
 
-def lock_pool(conn: sa.Connection) -> PoolState:
-    """Lock the pool row for the rest of the transaction and return its state."""
+def lock_pool(conn: sa.Connection, *, wait: bool = True) -> PoolState | None:
+    """Lock the pool row for the rest of the transaction and return its state.
+
+    With wait=False, return None at once when another transaction holds the lock.
+    """
     row = conn.execute(
         sa.text(
             "SELECT cpu_capacity, memory_capacity, cpu_used, memory_used, paused "
-            "FROM resource_pool WHERE id = 1 FOR UPDATE"
+            "FROM resource_pool WHERE id = 1 FOR UPDATE" + ("" if wait else " SKIP LOCKED")
         )
-    ).one()
+    ).first()
+    if row is None:
+        return None
     return PoolState(
         cpu_capacity=row.cpu_capacity,
         memory_capacity=row.memory_capacity,

@@ -1,0 +1,63 @@
+"""Keeping RabbitMQ's dead-letter queue in step with the dead_letters table.
+
+Replaying or discarding a dead letter resolves its row; the message itself stays in
+`taskq.dead-letters` until this compaction (run by the periodic maintenance sweep) drops
+the messages whose dead letter is resolved. Messages still open are put back in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+import sqlalchemy as sa
+
+from queue_service import names
+from queue_service.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def _job_attempt(body: bytes) -> tuple[str, int] | None:
+    try:
+        message = dramatiq.Message.decode(body)
+        job_id, attempt = message.args
+        return str(job_id), int(attempt)
+    except Exception:  # not one of ours: keep it for an operator to look at
+        return None
+
+
+def compact_dead_letter_queue(
+    engine: sa.Engine, broker: dramatiq.Broker, max_messages: int = 10_000
+) -> int:
+    """Drop dead messages whose dead letter was replayed or discarded; returns how many."""
+    channel: Any = broker.channel  # type: ignore[attr-defined]
+    broker.declare_queue(names.JOBS_QUEUE, ensure=True)  # type: ignore[call-arg]
+    fetched: list[tuple[int, tuple[str, int] | None]] = []
+    for _ in range(max_messages):
+        method, _properties, body = channel.basic_get(names.DEAD_LETTER_QUEUE, auto_ack=False)
+        if method is None:
+            break
+        fetched.append((method.delivery_tag, _job_attempt(body)))
+    if not fetched:
+        return 0
+    keys = {key for _, key in fetched if key is not None}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT job_id, attempts FROM dead_letters WHERE resolved_at IS NULL "
+                "AND job_id = ANY(:ids)"
+            ),
+            {"ids": sorted({job_id for job_id, _ in keys})},
+        ).all()
+    still_open = {(r.job_id, r.attempts) for r in rows}
+    dropped = 0
+    for tag, key in fetched:
+        if key is not None and key not in still_open:
+            channel.basic_ack(tag)
+            dropped += 1
+    # Unacknowledged messages go back to the queue in their original order.
+    channel.basic_recover(requeue=True)
+    if dropped:
+        log.info("dead_letter_queue_compacted", dropped=dropped, kept=len(fetched) - dropped)
+    return dropped
