@@ -90,7 +90,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        # FastAPI raises a 400 only when it cannot parse the body (e.g. JSON nested too deep).
+        codes = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(error.status_code, "http_error")
         return error_response(error.status_code, code, str(error.detail))
 
     @app.exception_handler(sa.exc.OperationalError)

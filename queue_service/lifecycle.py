@@ -65,13 +65,16 @@ def _release(conn: sa.Connection, job_id: str, attempt: int | None, now: datetim
 
 
 def _cascade_cancel(conn: sa.Connection, root_id: str, reason: str, now: datetime) -> None:
-    changes = jobs_repo.cancel_descendants(conn, root_id, reason, now)
-    for change in changes:
-        if change.previous_status == JobStatus.PENDING:
-            _release(conn, change.job_id, None, now)  # it may hold an unclaimed lease
-    events_repo.record_events(
-        conn, _transition_events(changes, now, message=f"cancelled: {reason}")
-    )
+    # Repeat until nothing is left: a submission adding a dependent to a descendant commits
+    # while the statement waits on that descendant's row lock, so the statement's snapshot
+    # misses the new edge; the next statement's snapshot has it.
+    while changes := jobs_repo.cancel_descendants(conn, root_id, reason, now):
+        for change in changes:
+            if change.previous_status == JobStatus.PENDING:
+                _release(conn, change.job_id, None, now)  # it may hold an unclaimed lease
+        events_repo.record_events(
+            conn, _transition_events(changes, now, message=f"cancelled: {reason}")
+        )
 
 
 def retry_config_of(job: sa.Row[Any]) -> RetryConfig:

@@ -106,16 +106,20 @@ ProductFactory = Callable[..., Product]
 
 
 @pytest.fixture
+def shared_product_stopped(shared_product: Product) -> None:
+    """The shared product's workers consume the same queue: they would run a test's jobs
+    with the wrong settings and thread counts. `product` starts them again when needed."""
+    shared_product.stop()
+
+
+@pytest.fixture
 def start_product(
+    shared_product_stopped: None,  # first: stopped before the state is cleaned
     clean_state: None,
     tmp_path: Path,
     request: pytest.FixtureRequest,
-    shared_product: Product,
 ) -> Iterator[ProductFactory]:
     """Start an api and `workers` worker processes with extra TASKQ_* settings."""
-    # The shared product's workers consume the same queue: they would run this test's jobs
-    # with the wrong settings and thread counts. `product` restarts them when needed.
-    shared_product.stop()
     started: list[Product] = []
 
     def start(workers: int = 1, threads: int = 8, **env: str) -> Product:
@@ -143,15 +147,19 @@ def shared_product(
 
     Started on first use by `product`; `start_product` stops it while its own runs.
     """
-    product = Product(env=dict(FAST_ENV), log_dir=tmp_path_factory.mktemp("shared-product"))
+    product = Product(env=dict(FAST_ENV), log_dir=tmp_path_factory.getbasetemp())
     yield product
     product.stop()
 
 
 @pytest.fixture
-def product(shared_product: Product, clean_state: None) -> Product:
+def product(
+    shared_product: Product, clean_state: None, tmp_path_factory: pytest.TempPathFactory
+) -> Product:
     """The shared product, with clean tables and queues."""
     if not shared_product.processes:
+        # fresh logs: start_worker waits for "ready for action" in its log file
+        shared_product.log_dir = tmp_path_factory.mktemp("shared-product")
         shared_product.start_api()
         shared_product.start_worker(processes=1)
         shared_product.start_worker(processes=1)

@@ -9,6 +9,7 @@ that a time limit really stops the work: the worker thread is free again at once
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 
 from tests.support.product import Product
 from tests.support.scenarios import load_scenario
+
+StartProduct = Callable[..., Product]  # the start_product fixture
 
 SCENARIO = load_scenario("5_failure_and_recovery")
 JITTER_RATIO = 0.1  # Settings.retry_jitter_ratio, the default the test product runs with
@@ -51,9 +54,7 @@ def attempt_starts(events: list[dict[str, Any]]) -> dict[int, datetime]:
 
 def attempt_ends(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """The event recording how each attempt ended (running -> something)."""
-    return {
-        e["attempt"]: e for e in events if e["data"].get("previous_status") == "running"
-    }
+    return {e["attempt"]: e for e in events if e["data"].get("previous_status") == "running"}
 
 
 def expected_delay(job: dict[str, Any], attempt: int) -> float:
@@ -179,9 +180,9 @@ def test_scenario_5_verbatim(product: Product) -> None:
     check_scenario(product, SCENARIO, settle_timeout=240)
 
 
-def test_time_limit_frees_the_worker_at_once(start_product) -> None:  # type: ignore[no-untyped-def]
+def test_time_limit_frees_the_worker_at_once(start_product: StartProduct) -> None:
     # Given a worker with a single thread
-    product: Product = start_product(workers=1, threads=1)
+    product = start_product(workers=1, threads=1)
     # When a job whose handler would run 30 s has a 0.5 s limit, and another job waits behind
     stuck = product.submit(
         {
