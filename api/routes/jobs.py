@@ -225,7 +225,9 @@ def list_jobs(
 )
 def cancel(job_id: str, state: State, response: Response) -> JobPublic:
     """Cancel a waiting job at once (200), or stop a running one (202, then `cancelled`).
-    A finished job cannot be cancelled (409). Dependents are cancelled with it."""
+    A finished job cannot be cancelled (409). Dependents are cancelled with it.
+    200 always means the job is cancelled; a running attempt that finishes before it can
+    be stopped answers 202 with the job's status as it ended (e.g. `completed`)."""
 
     def work(conn: sa.Connection) -> list[Admitted]:
         return cancel_job(conn, state.settings, job_id, _now()).admitted
@@ -235,7 +237,8 @@ def cancel(job_id: str, state: State, response: Response) -> JobPublic:
     with state.engine.connect() as conn:
         job = jobs_repo.get_job(conn, job_id)
         assert job is not None
-        response.status_code = 202 if job.status == JobStatus.RUNNING else 200
+        # Decided on the job as it is now: a running attempt may have ended meanwhile.
+        response.status_code = 200 if job.status == JobStatus.CANCELLED else 202
         return _job_public(conn, state, job)
 
 

@@ -24,7 +24,7 @@ SCENARIO = load_scenario("5_failure_and_recovery")
 JITTER_RATIO = 0.1  # Settings.retry_jitter_ratio, the default the test product runs with
 # Slack for what the backoff itself does not account for: the maintenance tick that promotes
 # a due job (0.2 s), admission, publishing, and a busy 2-core machine.
-LATENCY_MARGIN = 1.0
+LATENCY_MARGIN = 1.5
 
 
 def shrunk(scenario: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +200,8 @@ def test_time_limit_frees_the_worker_at_once(start_product: StartProduct) -> Non
     assert jobs[behind]["status"] == "completed"
     started = datetime.fromisoformat(jobs[stuck]["started_at"])
     next_started = datetime.fromisoformat(jobs[behind]["started_at"])
-    assert 0.5 <= seconds(next_started - started) <= 2.0
+    # (2.5 s leaves room for a busy machine; a handler left running would hold it for 30 s)
+    assert 0.5 <= seconds(next_started - started) <= 2.5
     # and the logs record a timeout
     end = attempt_ends(logs(product, stuck))[1]
     assert (end["data"]["result"], end["data"]["status"]) == ("timeout", "failed")
