@@ -77,8 +77,8 @@ def reclaim_expired_leases(
     """Attempts whose worker died: their lease expired. Count the attempt as lost."""
     with engine.connect() as conn:
         expired = leases_repo.expired_leases(conn, now)
+    error = "worker lost: lease expired without the attempt finishing"
     for lease in expired:
-        error = "worker lost: lease expired without the attempt finishing"
         consequences = in_transaction(
             engine,
             lambda conn, lease=lease: finish_attempt(  # type: ignore[misc]

@@ -49,9 +49,9 @@ class JobSpec:
     job_id: str | None = None
     priority: Priority = Priority.NORMAL
     payload: dict[str, Any] = field(default_factory=dict)
-    resources: Resources = Resources()
+    resources: Resources = field(default_factory=Resources)
     depends_on: tuple[str, ...] = ()
-    retry: RetryConfig = RetryConfig()
+    retry: RetryConfig = field(default_factory=RetryConfig)
     timeout_seconds: float = 300.0
     run_at: datetime | None = None
     idempotency_key: str | None = None

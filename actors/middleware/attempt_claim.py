@@ -8,7 +8,6 @@ attempt: only one claim returns a row, the others skip the message.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import dramatiq
 import sqlalchemy as sa
@@ -27,9 +26,7 @@ log = get_logger(__name__)
 
 
 class AttemptClaim(dramatiq.Middleware):
-    def before_process_message(
-        self, broker: dramatiq.Broker, message: MessageProxy
-    ) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         ids = job_attempt(message)
         if ids is None:
             return

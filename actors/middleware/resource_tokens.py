@@ -33,9 +33,7 @@ def job_attempt(message: MessageProxy | dramatiq.Message[Any]) -> tuple[str, int
 
 
 class ResourceTokens(dramatiq.Middleware):
-    def before_process_message(
-        self, broker: dramatiq.Broker, message: MessageProxy
-    ) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         ids = job_attempt(message)
         if ids is None:
             return

@@ -7,6 +7,7 @@ passed as TASKQ_* environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,10 +62,8 @@ class Process:
             os.killpg(self.popen.pid, sig)
             self.popen.wait(timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(5)
 
 
@@ -108,7 +107,14 @@ class Product:
         probe = "/readyz" if wait_ready else "/healthz"
         process = self._spawn(
             "api",
-            [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(self.api_port)],
+            [
+                str(BIN / "uvicorn"),
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+            ],
         )
         self.client = httpx.Client(base_url=self.base_url, timeout=30)
 
@@ -139,8 +145,11 @@ class Product:
         )
         # The worker is up once its log says so for every process.
         wait_until(
-            lambda: process.log_path.exists()
-            and process.log_path.read_text(errors="replace").count("ready for action") >= processes,
+            lambda: (
+                process.log_path.exists()
+                and process.log_path.read_text(errors="replace").count("ready for action")
+                >= processes
+            ),
             30,
             0.1,
             f"{processes} worker processes to boot",
@@ -179,6 +188,8 @@ class Product:
             )
         )
 
-    def wait_all_terminal(self, job_ids: list[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
+    def wait_all_terminal(
+        self, job_ids: list[str], timeout: float = 60
+    ) -> dict[str, dict[str, Any]]:
         terminal = {"completed", "failed", "cancelled"}
         return {job_id: self.wait_for_status(job_id, terminal, timeout) for job_id in job_ids}
