@@ -8,9 +8,9 @@ Measures, against the real api, RabbitMQ, PostgreSQL and two worker processes:
   job is ready at a time (child started_at minus parent finished_at);
 - after one executed run of the DAG: the dependency latency of every edge-gated job (its
   started_at minus the latest finished_at of its dependencies) p50/p99/max, and the
-  makespan (first byte of the submission to the last job finished). With database access the latency is
-  split into "waiting for tokens" (dependencies done -> tokens granted) and "pickup"
-  (tokens granted -> started: publish, RabbitMQ, worker claim).
+  makespan (first byte of the submission to the last job finished). With database access
+  the latency is split into "waiting for tokens" (dependencies done -> tokens granted) and
+  "pickup" (tokens granted -> started: publish, RabbitMQ, worker claim).
 
 By default it starts its own api and two worker processes (tests/support/product.Product)
 against a dedicated database and vhost (`taskq_dagbench`), dropped and recreated first;
@@ -367,6 +367,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"| 1-minute load average of the machine at start / end (other work shares it) | "
         f"{results['load_average_1min_at_start']:.1f} / "
         f"{results['load_average_1min_at_end']:.1f} |",
+        "",
+        "Reading: up to a hundred jobs per layer become ready together and layers overlap, "
+        "so in the 10,000-job run the dependency latency is mostly queueing behind other "
+        "ready jobs for tokens and worker threads (the waiting-for-tokens row), not "
+        "dependency bookkeeping: the completion that releases a job decrements its counter "
+        "and admits it in the same transaction (an index lookup on "
+        "ix_job_dependencies_depends_on, under 1 ms in EXPLAIN ANALYZE), and the chain row "
+        "is the cost of one hop when nothing queues. The DAG's submit cost over the baseline "
+        "is its ~20,000 edge rows and the linear graph checks (cycle search, topological "
+        "order).",
         "",
         f"Reproduce (from the repository root, services running): `{COMMAND}`",
         "",

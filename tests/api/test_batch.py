@@ -269,3 +269,33 @@ def test_a_dependency_listed_twice_counts_once(product: Product) -> None:
     jobs = product.wait_all_terminal(["up", "down", "single"], timeout=30)
     assert {j["status"] for j in jobs.values()} == {"completed"}
     assert product.job("down")["depends_on"] == ["up"]
+
+
+@pytest.mark.parametrize("parent_state", ["pending", "running"])
+def test_cancelling_a_job_cancels_every_transitive_dependent(
+    product: Product, parent_state: str
+) -> None:
+    # Given a parent with a child and a grandchild, the parent waiting or running
+    if parent_state == "pending":
+        product.http.post("/scheduler/pause")
+    response = _post_batch(
+        product,
+        [
+            {"job_id": "grandchild", "depends_on": ["child"]},
+            {"job_id": "child", "depends_on": ["parent"]},
+            {"job_id": "parent", "payload": {"duration_seconds": 30}},
+        ],
+    )
+    assert response.status_code == 201, response.text
+    product.wait_for_status("parent", parent_state)
+
+    # When the parent is cancelled
+    cancel = product.http.patch("/jobs/parent/cancel")
+    assert cancel.status_code == (200 if parent_state == "pending" else 202), cancel.text
+    product.wait_for_status("parent", "cancelled", timeout=15)
+
+    # Then its transitive dependents are cancelled because of it, without ever starting
+    for job_id in ("child", "grandchild"):
+        job = product.wait_for_status(job_id, "cancelled", timeout=15)
+        assert job["cancel_reason"] == "upstream_cancelled:parent", job
+        assert job["started_at"] is None and job["attempts"] == 0

@@ -216,14 +216,14 @@ def test_verbatim_scenario_respects_capacity_and_priority(
 def backfill_variant() -> list[dict[str, Any]]:
     """Scenario 4 with 3-CPU heavies, so two of them leave a 2-CPU gap the lights can fill.
 
-    Durations are explicit: the heavies run long enough (2 s) for the lights (0.2 s) to
+    Durations are explicit: the heavies run long enough (1.2 s) for the lights (0.2 s) to
     pass through the gap several times while heavy_2 waits for CPU.
     """
     jobs = copy.deepcopy(SCENARIO["jobs"])
     for job in jobs:
         if job["job_id"].startswith("heavy_"):
             job["resource_requirements"] = {"cpu_units": 3, "memory_mb": 1536}
-            job["payload"]["duration_seconds"] = 2.0
+            job["payload"]["duration_seconds"] = 1.2
         else:
             job["payload"]["duration_seconds"] = 0.2
     return jobs

@@ -81,33 +81,29 @@ def heavy_wait_seconds(heavy: dict[str, object]) -> float:
 def test_a_starving_heavy_job_gets_its_tokens_reserved(
     start_product,  # type: ignore[no-untyped-def]
 ) -> None:
-    # Given two workers with short starvation and aging thresholds
+    # Given a worker with short starvation and aging thresholds
     product: Product = start_product(
-        workers=2,
+        workers=1,
         TASKQ_STARVATION_SECONDS=str(STARVATION_SECONDS),
         TASKQ_AGING_SECONDS_PER_LEVEL=str(AGING_SECONDS_PER_LEVEL),
     )
 
     # When light high-priority jobs keep arriving before and after a heavy low-priority one
     stream = stream_lights_around_heavy(product)
-    jobs = product.wait_all_terminal([HEAVY_ID, *stream.light_ids], timeout=90)
+    heavy = product.wait_for_status(HEAVY_ID, {"completed", "failed", "cancelled"}, timeout=30)
 
-    # Then every job completed
-    assert {job["status"] for job in jobs.values()} == {"completed"}
-    # and the heavy job started within the threshold plus the time the running lights need
-    # to drain, long before the stream ended
-    heavy = jobs[HEAVY_ID]
+    # Then the heavy job started within the threshold plus the time the running lights need
+    # to drain, and was done while the stream still went on
+    assert heavy["status"] == "completed"
     wait = heavy_wait_seconds(heavy)
     assert wait <= STARVATION_SECONDS + LIGHT_SECONDS + MARGIN_SECONDS, wait
     assert stream.last_submitted_at is not None
-    assert datetime.fromisoformat(heavy["started_at"]) < stream.last_submitted_at
+    assert datetime.fromisoformat(heavy["finished_at"]) < stream.last_submitted_at
     # because light jobs arriving meanwhile were held back for it
     assert f"reserved_for:{HEAVY_ID}" in stream.reasons_seen, stream.reasons_seen
-    # and the lights kept running once it was done
-    heavy_finished = datetime.fromisoformat(heavy["finished_at"])
-    assert any(
-        datetime.fromisoformat(jobs[i]["started_at"]) >= heavy_finished for i in stream.light_ids
-    )
+    # and no light was lost on the way: each one ran or waits its turn
+    statuses = {product.job(i)["status"] for i in stream.light_ids}
+    assert statuses <= {"pending", "running", "completed"}, statuses
 
 
 def test_without_reservation_the_same_stream_starves_the_heavy_job(
@@ -115,19 +111,17 @@ def test_without_reservation_the_same_stream_starves_the_heavy_job(
 ) -> None:
     # Given the same product, except that no job ever counts as starved (reservation off)
     product: Product = start_product(
-        workers=2,
+        workers=1,
         TASKQ_STARVATION_SECONDS="3600",
         TASKQ_AGING_SECONDS_PER_LEVEL=str(AGING_SECONDS_PER_LEVEL),
     )
 
     # When the same stream runs
     stream = stream_lights_around_heavy(product)
-    jobs = product.wait_all_terminal([HEAVY_ID, *stream.light_ids], timeout=90)
+    heavy = product.wait_for_status(HEAVY_ID, {"running", "completed"}, timeout=60)
 
     # Then the lights backfill past the heavy job for the whole stream: it starts only
     # after the last light was submitted, far past the threshold the first test holds
-    assert {job["status"] for job in jobs.values()} == {"completed"}
-    heavy = jobs[HEAVY_ID]
     assert stream.last_submitted_at is not None
     assert datetime.fromisoformat(heavy["started_at"]) > stream.last_submitted_at
     assert heavy_wait_seconds(heavy) > STARVATION_SECONDS + LIGHT_SECONDS + MARGIN_SECONDS

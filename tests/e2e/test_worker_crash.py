@@ -15,23 +15,23 @@ from typing import Any
 
 from tests.support.product import Process, Product, wait_until
 
-TIMEOUT_SECONDS = 3.5
+TIMEOUT_SECONDS = 3.0
 LEASE_GRACE_SECONDS = 2.0  # FAST_ENV
 LEASE_SECONDS = TIMEOUT_SECONDS + LEASE_GRACE_SECONDS
 MARGIN_SECONDS = 4.0  # a maintenance tick, the second worker's boot, a loaded machine
 
-# Runs 2.5 s, within its timeout: attempt 2 completes once attempt 1 is counted as lost.
+# Runs 2 s, within its timeout: attempt 2 completes once attempt 1 is counted as lost.
 RETRIED = {
     "job_id": "crash_retried",
     "type": "long_running",
-    "payload": {"duration_seconds": 2.5},
+    "payload": {"duration_seconds": 2.0},
     "resource_requirements": {"cpu_units": 2, "memory_mb": 512},
     "timeout_seconds": TIMEOUT_SECONDS,
     "retry_config": {
         "max_attempts": 2,
         "backoff_multiplier": 1,
-        "initial_delay_seconds": 1.5,
-        "max_delay_seconds": 1.5,
+        "initial_delay_seconds": 1.0,
+        "max_delay_seconds": 1.0,
     },
 }
 # No attempt left after the lost one: it fails and is dead-lettered as worker_lost.

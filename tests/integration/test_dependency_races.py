@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -165,8 +166,8 @@ def test_two_parents_completing_together_enqueue_the_child_exactly_once(
 
         # When both complete at the same moment, each in its own transaction
         outcomes = _at_once(
-            lambda p1=p1: _finish(engine, settings, p1, AttemptResult.SUCCEEDED),  # type: ignore[misc]
-            lambda p2=p2: _finish(engine, settings, p2, AttemptResult.SUCCEEDED),  # type: ignore[misc]
+            partial(_finish, engine, settings, p1, AttemptResult.SUCCEEDED),
+            partial(_finish, engine, settings, p2, AttemptResult.SUCCEEDED),
         )
 
         # Then no decrement was lost and the child became ready exactly once
@@ -183,7 +184,7 @@ def test_two_parents_completing_together_enqueue_the_child_exactly_once(
         assert _pool_used(engine) == (1, 128)
 
         # (cancelling the admitted child returns its tokens for the next round)
-        in_transaction(engine, lambda conn, c=child: cancel_job(conn, settings, c, _now()))  # type: ignore[misc]
+        in_transaction(engine, partial(cancel_job, settings=settings, job_id=child, now=_now()))
         assert _pool_used(engine) == (0, 0)
 
 
@@ -235,8 +236,8 @@ def test_a_failure_and_a_completion_together_cancel_the_child_and_never_enqueue_
 
         # When P1 fails while P2 completes, at the same moment
         outcomes = _at_once(
-            lambda p1=p1: _finish(engine, settings, p1, AttemptResult.PERMANENT_ERROR),  # type: ignore[misc]
-            lambda p2=p2: _finish(engine, settings, p2, AttemptResult.SUCCEEDED),  # type: ignore[misc]
+            partial(_finish, engine, settings, p1, AttemptResult.PERMANENT_ERROR),
+            partial(_finish, engine, settings, p2, AttemptResult.SUCCEEDED),
         )
 
         # Then the child is cancelled because of P1 and was never admitted
