@@ -9,7 +9,7 @@ so that load from other processes hits them alike, `--runs` times each:
 - admission step: `scheduling.admit_ready_jobs` (lock the pool row, read the best-ranked
   candidates through ix_jobs_admission, `decide_admission`, insert leases, mark queued,
   take tokens, write events) in a transaction that is rolled back;
-- choice only: `jobs.lock_ready_candidates` + `admission.decide_admission`, rolled back.
+- choice only: `jobs.ready_candidates` + `admission.decide_admission`, rolled back.
 
 Reports medians (and p90), the ratio of the largest size to the smallest (target at most
 1.5: the cost must not grow with the table), and the EXPLAIN (ANALYZE, BUFFERS) plan of the
@@ -219,7 +219,7 @@ def choice_only(settings: Settings) -> Callable[[sa.Connection], int]:
     def work(conn: sa.Connection) -> int:
         pool = pool_repo.lock_pool(conn)
         assert pool is not None
-        locked = jobs_repo.lock_ready_candidates(conn, settings.admission_window)
+        locked = jobs_repo.ready_candidates(conn, settings.admission_window)
         decision = decide_admission([c for c, _ in locked], pool, datetime.now(UTC), policy)
         return len(decision.started)
 
@@ -227,7 +227,7 @@ def choice_only(settings: Settings) -> Callable[[sa.Connection], int]:
 
 
 def candidate_query(engine: sa.Engine, window: int) -> tuple[str, Any]:
-    """The SQL `lock_ready_candidates` sends, captured as it runs."""
+    """The SQL `ready_candidates` sends, captured as it runs."""
     sent: list[tuple[str, Any]] = []
 
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -235,7 +235,7 @@ def candidate_query(engine: sa.Engine, window: int) -> tuple[str, Any]:
 
     with engine.connect() as conn:
         sa.event.listen(conn, "before_cursor_execute", capture)
-        jobs_repo.lock_ready_candidates(conn, window)
+        jobs_repo.ready_candidates(conn, window)
         conn.rollback()
     return sent[0]
 
@@ -376,9 +376,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"leases, mark them queued, take the tokens, write the events "
         f"({'/'.join(str(n) for n in results['sizes'][largest]['jobs_started_per_step'])} "
         "jobs started per step with the default 8 CPU units / 4096 MB).",
-        "- *choice only* = lock the pool row + `jobs.lock_ready_candidates` + "
+        "- *choice only* = lock the pool row + `jobs.ready_candidates` + "
         "`admission.decide_admission`; *candidate query in the server* = the `Execution "
-        "Time` EXPLAIN ANALYZE reports for the query of `lock_ready_candidates` (no client "
+        "Time` EXPLAIN ANALYZE reports for the query of `ready_candidates` (no client "
         "round trip).",
         "- The candidate query reads only the partial index ix_jobs_admission (ready jobs "
         "without a lease, ordered by (rank, seq)): its size follows the number of waiting "

@@ -23,7 +23,9 @@ def make_engine(settings: Settings, *, pool_size: int = 10) -> sa.Engine:
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping (it costs a round trip per checkout, several per job): a connection
+        # PostgreSQL dropped fails once, is invalidated, and in_transaction runs again.
+        pool_pre_ping=False,
         pool_recycle=1800,
     )
 
@@ -34,7 +36,8 @@ def in_transaction(engine: sa.Engine, work: Callable[[sa.Connection], T], attemp
         try:
             with engine.begin() as conn:
                 return work(conn)
-        except sa.exc.OperationalError as error:
-            if attempt == attempts or not isinstance(error.orig, _RETRYABLE):
+        except sa.exc.DBAPIError as error:
+            retryable = error.connection_invalidated or isinstance(error.orig, _RETRYABLE)
+            if attempt == attempts or not retryable:
                 raise
     raise AssertionError("unreachable")

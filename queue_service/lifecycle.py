@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from queue_service import errors
+from queue_service.admission import PoolState
 from queue_service.model import CANCELLABLE_STATUSES, JobStatus, RetryConfig
 from queue_service.publisher import Admitted
 from queue_service.repository import dead_letters as dead_letters_repo
@@ -45,23 +46,32 @@ def _transition_events(
     ]
 
 
-def _release(conn: sa.Connection, job_id: str, attempt: int | None, now: datetime) -> None:
+def _release(
+    conn: sa.Connection, job_id: str, attempt: int | None, now: datetime
+) -> PoolState | None:
+    """Delete the lease and give its tokens back; the pool state after, when it had one.
+
+    The event is written after the pool row is locked, so the order of token events
+    (their ids) is the order in which the pool changed.
+    """
     lease = leases_repo.release_lease(conn, job_id, attempt)
-    if lease is not None:
-        pool_repo.return_tokens(conn, lease.cpu_units, lease.memory_mb)
-        events_repo.record_events(
-            conn,
-            [
-                events_repo.JobEvent(
-                    job_id=job_id,
-                    event="tokens_released",
-                    attempt=lease.attempt,
-                    message=f"returned {lease.cpu_units} CPU units and {lease.memory_mb} MB",
-                    at=now,
-                    data={"cpu_units": lease.cpu_units, "memory_mb": lease.memory_mb},
-                )
-            ],
-        )
+    if lease is None:
+        return None
+    pool = pool_repo.return_tokens(conn, lease.cpu_units, lease.memory_mb)
+    events_repo.record_events(
+        conn,
+        [
+            events_repo.JobEvent(
+                job_id=job_id,
+                event="tokens_released",
+                attempt=lease.attempt,
+                message=f"returned {lease.cpu_units} CPU units and {lease.memory_mb} MB",
+                at=now,
+                data={"cpu_units": lease.cpu_units, "memory_mb": lease.memory_mb},
+            )
+        ],
+    )
+    return pool
 
 
 def _cascade_cancel(conn: sa.Connection, root_id: str, reason: str, now: datetime) -> None:
@@ -161,8 +171,8 @@ def finish_attempt(
         )
     elif outcome.status is JobStatus.CANCELLED:
         _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
-    _release(conn, job_id, attempt, now)
-    consequences.admitted = admit_ready_jobs(conn, settings, now)
+    pool = _release(conn, job_id, attempt, now)
+    consequences.admitted = admit_ready_jobs(conn, settings, now, locked_pool=pool)
     return consequences
 
 

@@ -60,7 +60,7 @@ def _publish(state: AppState, admitted: list[Admitted]) -> None:
 def _accepted(conn: sa.Connection, job: Any) -> JobAccepted:
     position = None
     if job.status == JobStatus.PENDING and job.queued_at is None:
-        position = jobs_repo.position_in_queue(conn, job.id)
+        position = jobs_repo.position_in_queue(conn, job.rank, job.seq)
     return JobAccepted(
         job_id=job.id,
         status=job.status,

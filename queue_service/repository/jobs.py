@@ -156,30 +156,32 @@ def list_jobs(
     return conn.execute(query).all()
 
 
-def position_in_queue(conn: sa.Connection, job_id: str, cap: int = 10_000) -> int | None:
-    """How many unadmitted ready jobs rank ahead of this one (counted up to `cap`)."""
+def position_in_queue(conn: sa.Connection, rank: float, seq: int, cap: int = 10_000) -> int:
+    """How many unadmitted ready jobs rank ahead of (rank, seq), counted up to `cap`.
+
+    The job's own key is passed in (not joined) so the plan is a range scan of
+    ix_jobs_admission whatever the table statistics say.
+    """
     row = conn.execute(
         sa.text(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs o, jobs me WHERE me.id = :id "
-            "AND me.status = 'pending' AND me.queued_at IS NULL "
-            "AND o.status = 'pending' AND o.queued_at IS NULL "
-            "AND (o.rank, o.seq) < (me.rank, me.seq) LIMIT :cap) ahead"
+            "SELECT count(*) FROM (SELECT 1 FROM jobs "
+            "WHERE status = 'pending' AND queued_at IS NULL "
+            "AND (rank, seq) < (:rank, :seq) LIMIT :cap) ahead"
         ),
-        {"id": job_id, "cap": cap},
+        {"rank": rank, "seq": seq, "cap": cap},
     ).scalar_one()
     return int(row)
 
 
-def candidates_ahead(conn: sa.Connection, job_id: str, limit: int) -> list[Candidate]:
-    """The ready jobs ranked up to and including `job_id` (for explaining its wait)."""
+def candidates_ahead(conn: sa.Connection, rank: float, seq: int, limit: int) -> list[Candidate]:
+    """The ready jobs ranked up to and including (rank, seq), for explaining a wait."""
     rows = conn.execute(
         sa.text(
-            "SELECT o.id, o.priority, o.cpu_units, o.memory_mb, o.pending_since "
-            "FROM jobs o, jobs me WHERE me.id = :id "
-            "AND o.status = 'pending' AND o.queued_at IS NULL "
-            "AND (o.rank, o.seq) <= (me.rank, me.seq) ORDER BY o.rank, o.seq LIMIT :limit"
+            "SELECT id, priority, cpu_units, memory_mb, pending_since FROM jobs "
+            "WHERE status = 'pending' AND queued_at IS NULL "
+            "AND (rank, seq) <= (:rank, :seq) ORDER BY rank, seq LIMIT :limit"
         ),
-        {"id": job_id, "limit": limit},
+        {"rank": rank, "seq": seq, "limit": limit},
     ).all()
     return [_candidate(r) for r in rows]
 
@@ -212,28 +214,34 @@ def _candidate(row: Row) -> Candidate:
     )
 
 
-def lock_ready_candidates(conn: sa.Connection, limit: int) -> list[tuple[Candidate, int]]:
-    """The best-ranked ready jobs without a lease, locked, skipping rows others hold.
+def ready_candidates(conn: sa.Connection, limit: int) -> list[tuple[Candidate, int]]:
+    """The best-ranked ready jobs without a lease, with their attempts so far.
 
-    Walks ix_jobs_admission in order: cost grows with `limit`, not with the table.
-    Returns each candidate with its number of attempts so far.
+    Walks ix_jobs_admission in order: cost grows with `limit`, not with the table. The
+    rows are not locked (locking the whole window would write every row of it on every
+    admission); `mark_queued` re-checks each chosen row under its lock instead.
     """
     rows = conn.execute(
         sa.text(
             "SELECT id, priority, cpu_units, memory_mb, pending_since, attempts FROM jobs "
             "WHERE status = 'pending' AND queued_at IS NULL "
-            "ORDER BY rank, seq LIMIT :limit FOR UPDATE SKIP LOCKED"
+            "ORDER BY rank, seq LIMIT :limit"
         ),
         {"limit": limit},
     ).all()
     return [(_candidate(r), r.attempts) for r in rows]
 
 
-def mark_queued(conn: sa.Connection, job_ids: Sequence[str], now: datetime) -> None:
-    conn.execute(
-        sa.text("UPDATE jobs SET queued_at = :now WHERE id = ANY(:ids) AND status = 'pending'"),
+def mark_queued(conn: sa.Connection, job_ids: Sequence[str], now: datetime) -> set[str]:
+    """Mark chosen jobs admitted; returns those still ready (a cancel may have won)."""
+    rows = conn.execute(
+        sa.text(
+            "UPDATE jobs SET queued_at = :now WHERE id = ANY(:ids) "
+            "AND status = 'pending' AND queued_at IS NULL RETURNING id"
+        ),
         {"now": now, "ids": list(job_ids)},
-    )
+    ).all()
+    return {r.id for r in rows}
 
 
 # --- execution ------------------------------------------------------------------------

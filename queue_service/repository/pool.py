@@ -56,8 +56,23 @@ def take_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> None:
     )
 
 
-def return_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> None:
-    take_tokens(conn, -cpu_units, -memory_mb)
+def return_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> PoolState:
+    """Give tokens back; locks the pool row and returns its new state in one round trip."""
+    row = conn.execute(
+        sa.text(
+            "UPDATE resource_pool SET cpu_used = cpu_used - :cpu, "
+            "memory_used = memory_used - :mem WHERE id = 1 "
+            "RETURNING cpu_capacity, memory_capacity, cpu_used, memory_used, paused"
+        ),
+        {"cpu": cpu_units, "mem": memory_mb},
+    ).one()
+    return PoolState(
+        cpu_capacity=row.cpu_capacity,
+        memory_capacity=row.memory_capacity,
+        cpu_used=row.cpu_used,
+        memory_used=row.memory_used,
+        paused=row.paused,
+    )
 
 
 def set_paused(conn: sa.Connection, paused: bool) -> None:

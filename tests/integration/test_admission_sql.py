@@ -2,7 +2,7 @@
 ix_jobs_admission in (rank, seq) order and stops at its LIMIT, so its cost does not grow
 with the number of waiting jobs nor with the size of the table.
 
-The query is captured from `jobs_repo.lock_ready_candidates` as it runs, so the plan
+The query is captured from `jobs_repo.ready_candidates` as it runs, so the plan
 checked is the plan of the SQL admission really sends.
 """
 
@@ -101,7 +101,7 @@ def test_admission_candidates_come_from_an_index_scan_without_sort(
 
     # When admission reads its candidates
     statement, parameters = captured_sql(
-        conn, lambda c: jobs_repo.lock_ready_candidates(c, ADMISSION_WINDOW)
+        conn, lambda c: jobs_repo.ready_candidates(c, ADMISSION_WINDOW)
     )
     plan = explain_analyze(conn, statement, parameters)
 
@@ -109,7 +109,7 @@ def test_admission_candidates_come_from_an_index_scan_without_sort(
     # sequential scan, nothing proportional to the 50,000 ready jobs
     nodes = list(plan_nodes(plan))
     kinds = [node["Node Type"] for node in nodes]
-    assert kinds == ["Limit", "LockRows", "Index Scan"], kinds
+    assert kinds == ["Limit", "Index Scan"], kinds
     assert nodes[-1]["Index Name"] == "ix_jobs_admission"
     assert "Sort" not in kinds and "Seq Scan" not in kinds
     assert nodes[-1]["Actual Rows"] == ADMISSION_WINDOW  # read no further than the window
@@ -119,8 +119,8 @@ def test_admission_candidates_are_the_best_ranked_in_order(filled: sa.Connection
     # Given the same 50,000 ready jobs
     conn = filled
 
-    # When admission reads its candidates (SKIP LOCKED skips only other transactions' locks)
-    candidates = jobs_repo.lock_ready_candidates(conn, ADMISSION_WINDOW)
+    # When admission reads its candidates
+    candidates = jobs_repo.ready_candidates(conn, ADMISSION_WINDOW)
 
     # Then they are the window's worth of best-ranked ready jobs, in (rank, seq) order
     expected = (
