@@ -119,36 +119,38 @@ def fill_completed(database_url: str, rows: int) -> None:
     """Grow the jobs table with completed jobs (COPY), as history accumulates in production."""
     now = datetime.now(UTC)
     with psycopg.connect(database_url) as conn:
-        with conn.cursor() as cur:
-            with cur.copy(
+        with (
+            conn.cursor() as cur,
+            cur.copy(
                 "COPY jobs (id, type, priority, payload, cpu_units, memory_mb, max_attempts, "
                 "backoff_multiplier, initial_delay_seconds, max_delay_seconds, timeout_seconds, "
                 "request_hash, status, attempts, created_at, started_at, finished_at) FROM STDIN"
-            ) as copy:
-                stamp = time.time_ns()
-                for i in range(rows):
-                    created = now - timedelta(seconds=rows - i)
-                    copy.write_row(
-                        (
-                            f"hist_{stamp}_{i}",
-                            "send_email" if i % 3 else "data_export",
-                            PRIORITIES[i % 4],
-                            "{}",
-                            1,
-                            64,
-                            3,
-                            2.0,
-                            1.0,
-                            300.0,
-                            300.0,
-                            "x",
-                            "completed",
-                            1,
-                            created,
-                            created,
-                            created + timedelta(milliseconds=5),
-                        )
+            ) as copy,
+        ):
+            stamp = time.time_ns()
+            for i in range(rows):
+                created = now - timedelta(seconds=rows - i)
+                copy.write_row(
+                    (
+                        f"hist_{stamp}_{i}",
+                        "send_email" if i % 3 else "data_export",
+                        PRIORITIES[i % 4],
+                        "{}",
+                        1,
+                        64,
+                        3,
+                        2.0,
+                        1.0,
+                        300.0,
+                        300.0,
+                        "x",
+                        "completed",
+                        1,
+                        created,
+                        created,
+                        created + timedelta(milliseconds=5),
                     )
+                )
         conn.commit()
         conn.execute("ANALYZE jobs")
 
@@ -194,7 +196,7 @@ def main() -> None:
             limits=httpx.Limits(max_connections=args.concurrency),
         )
         client.get("/healthz").raise_for_status()
-        for run in range(args.runs):
+        for _run in range(args.runs):
             rss_before = rss_mb(api.popen.pid)
             done_before = count_terminal(database_url)
             base_wall, base_lat = timed_requests(
@@ -204,8 +206,9 @@ def main() -> None:
             first_submit = time.perf_counter()
             wall, latencies = timed_requests(client, bodies, args.concurrency)
             wait_until(
-                lambda done_before=done_before: count_terminal(database_url)
-                >= done_before + args.jobs,
+                lambda done_before=done_before: (
+                    count_terminal(database_url) >= done_before + args.jobs
+                ),
                 300,
                 0.05,
                 "the jobs to drain",
@@ -216,8 +219,9 @@ def main() -> None:
                 client, [("POST", "/jobs/batch", {"jobs": job_bodies(args.jobs, rng)})], 1
             )
             wait_until(
-                lambda done_before=done_before: count_terminal(database_url)
-                >= done_before + 2 * args.jobs,
+                lambda done_before=done_before: (
+                    count_terminal(database_url) >= done_before + 2 * args.jobs
+                ),
                 300,
                 0.05,
                 "the batch to drain",
@@ -246,7 +250,7 @@ def main() -> None:
             fill_completed(database_url, size - total)
             total = size
             timings = query_latencies(client, sample)
-            post_wall, post_lat = timed_requests(
+            _post_wall, post_lat = timed_requests(
                 client, [("POST", "/jobs", b) for b in job_bodies(200, rng)], args.concurrency
             )
             timings["POST /jobs"] = percentile(post_lat, 0.5) * 1000

@@ -140,9 +140,7 @@ def start_product(
 
 
 @pytest.fixture(scope="session")
-def shared_product(
-    migrated: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Product]:
+def shared_product(migrated: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
     """One api and two worker processes for the tests that need no special settings.
 
     Started on first use by `product`; `start_product` stops it while its own runs.
