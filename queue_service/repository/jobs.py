@@ -25,6 +25,15 @@ _LEVEL = "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in
 RANK_AT_NOW = f"extract(epoch FROM CAST(:now AS timestamptz)) - ({_LEVEL}) * :aging"
 
 
+# Every transitive dependent of :root (walks ix_job_dependencies_depends_on).
+_DESCENDANTS_OF_ROOT = (
+    "WITH RECURSIVE descendants(id) AS ("
+    "  SELECT job_id FROM job_dependencies WHERE depends_on = :root "
+    "  UNION SELECT d.job_id FROM job_dependencies d "
+    "  JOIN descendants ON d.depends_on = descendants.id)"
+)
+
+
 @dataclass(frozen=True)
 class StatusChange:
     job_id: str
@@ -355,10 +364,7 @@ def cancel_descendants(
     """Cancel every unfinished transitive dependent of `root_id` with `reason`."""
     rows = conn.execute(
         sa.text(
-            "WITH RECURSIVE descendants(id) AS ("
-            "  SELECT job_id FROM job_dependencies WHERE depends_on = :root "
-            "  UNION SELECT d.job_id FROM job_dependencies d "
-            "  JOIN descendants ON d.depends_on = descendants.id), "
+            f"{_DESCENDANTS_OF_ROOT}, "
             "targets AS (SELECT j.id, j.status FROM jobs j JOIN descendants USING (id) "
             "  WHERE j.status IN ('blocked', 'scheduled', 'pending', 'retrying') "
             "  ORDER BY j.id FOR UPDATE OF j) "
@@ -376,10 +382,7 @@ def restore_upstream_failed(conn: sa.Connection, root_id: str) -> list[StatusCha
     """Dependents cancelled because `root_id` failed go back to blocked (dead-letter replay)."""
     rows = conn.execute(
         sa.text(
-            "WITH RECURSIVE descendants(id) AS ("
-            "  SELECT job_id FROM job_dependencies WHERE depends_on = :root "
-            "  UNION SELECT d.job_id FROM job_dependencies d "
-            "  JOIN descendants ON d.depends_on = descendants.id), "
+            f"{_DESCENDANTS_OF_ROOT}, "
             "targets AS (SELECT j.id FROM jobs j JOIN descendants USING (id) "
             "  WHERE j.status = 'cancelled' AND j.cancel_reason = :reason "
             "  ORDER BY j.id FOR UPDATE OF j) "

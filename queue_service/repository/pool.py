@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from queue_service.admission import PoolState
 
+_POOL_COLUMNS = "cpu_capacity, memory_capacity, cpu_used, memory_used, paused"
 
-def lock_pool(conn: sa.Connection, *, wait: bool = True) -> PoolState | None:
-    """Lock the pool row for the rest of the transaction and return its state.
 
-    With wait=False, return None at once when another transaction holds the lock.
-    """
-    row = conn.execute(
-        sa.text(
-            "SELECT cpu_capacity, memory_capacity, cpu_used, memory_used, paused "
-            "FROM resource_pool WHERE id = 1 FOR UPDATE" + ("" if wait else " SKIP LOCKED")
-        )
-    ).first()
-    if row is None:
-        return None
+def _pool_state(row: sa.Row[Any]) -> PoolState:
     return PoolState(
         cpu_capacity=row.cpu_capacity,
         memory_capacity=row.memory_capacity,
@@ -29,19 +21,23 @@ def lock_pool(conn: sa.Connection, *, wait: bool = True) -> PoolState | None:
     )
 
 
-def read_pool(conn: sa.Connection) -> PoolState:
+def lock_pool(conn: sa.Connection, *, wait: bool = True) -> PoolState | None:
+    """Lock the pool row for the rest of the transaction and return its state.
+
+    With wait=False, return None at once when another transaction holds the lock.
+    """
     row = conn.execute(
         sa.text(
-            "SELECT cpu_capacity, memory_capacity, cpu_used, memory_used, paused "
-            "FROM resource_pool WHERE id = 1"
+            f"SELECT {_POOL_COLUMNS} FROM resource_pool WHERE id = 1 FOR UPDATE"
+            + ("" if wait else " SKIP LOCKED")
         )
-    ).one()
-    return PoolState(
-        cpu_capacity=row.cpu_capacity,
-        memory_capacity=row.memory_capacity,
-        cpu_used=row.cpu_used,
-        memory_used=row.memory_used,
-        paused=row.paused,
+    ).first()
+    return None if row is None else _pool_state(row)
+
+
+def read_pool(conn: sa.Connection) -> PoolState:
+    return _pool_state(
+        conn.execute(sa.text(f"SELECT {_POOL_COLUMNS} FROM resource_pool WHERE id = 1")).one()
     )
 
 
@@ -61,18 +57,11 @@ def return_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> PoolSt
     row = conn.execute(
         sa.text(
             "UPDATE resource_pool SET cpu_used = cpu_used - :cpu, "
-            "memory_used = memory_used - :mem WHERE id = 1 "
-            "RETURNING cpu_capacity, memory_capacity, cpu_used, memory_used, paused"
+            f"memory_used = memory_used - :mem WHERE id = 1 RETURNING {_POOL_COLUMNS}"
         ),
         {"cpu": cpu_units, "mem": memory_mb},
     ).one()
-    return PoolState(
-        cpu_capacity=row.cpu_capacity,
-        memory_capacity=row.memory_capacity,
-        cpu_used=row.cpu_used,
-        memory_used=row.memory_used,
-        paused=row.paused,
-    )
+    return _pool_state(row)
 
 
 def set_paused(conn: sa.Connection, paused: bool) -> None:
