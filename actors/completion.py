@@ -18,6 +18,10 @@ from queue_service.publisher import job_message, publish_admitted
 from queue_service.retry_policy import AttemptResult
 
 
+class JobDeadLettered(Exception):
+    """The job failed for good: raised by the actor so its message is dead-lettered."""
+
+
 def finish_and_publish(
     job_id: str, attempt: int, result: AttemptResult, error: str | None, value: Any
 ) -> Consequences:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dramatiq
 import structlog
 
-from actors.completion import finish_and_publish
+from actors.completion import JobDeadLettered, finish_and_publish
 from actors.execution import run_attempt
 from actors.runtime import get_runtime
 from queue_service import names
@@ -22,10 +22,6 @@ from queue_service.repository import jobs as jobs_repo
 from queue_service.retry_policy import AttemptResult
 
 log = get_logger(__name__)
-
-
-class JobDeadLettered(Exception):
-    """The job failed for good; its message must be dead-lettered."""
 
 
 @dramatiq.actor(

@@ -372,14 +372,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"query in the server **{ratio['query_only']}**.",
         "",
         "- *admission step* = `scheduling.admit_ready_jobs`: lock the pool row, read the "
-        "admission window (200) of best-ranked ready jobs, `decide_admission`, insert the "
+        "best-ranked ready jobs (4 x the free CPU units: 32), `decide_admission`, insert the "
         f"leases, mark them queued, take the tokens, write the events "
         f"({'/'.join(str(n) for n in results['sizes'][largest]['jobs_started_per_step'])} "
         "jobs started per step with the default 8 CPU units / 4096 MB).",
-        "- *choice only* = lock the pool row + `jobs.ready_candidates` + "
-        "`admission.decide_admission`; *candidate query in the server* = the `Execution "
-        "Time` EXPLAIN ANALYZE reports for the query of `ready_candidates` (no client "
-        "round trip).",
+        "- *choice only* = lock the pool row + `jobs.ready_candidates` over the whole "
+        "window (200) + `admission.decide_admission`; *candidate query in the server* = "
+        "the `Execution Time` EXPLAIN ANALYZE reports for the query of `ready_candidates` "
+        "(no client round trip).",
         "- The candidate query reads only the partial index ix_jobs_admission (ready jobs "
         "without a lease, ordered by (rank, seq)): its size follows the number of waiting "
         "jobs, not the history, and the LIMIT stops the scan after the window. Aging needs "

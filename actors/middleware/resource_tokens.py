@@ -1,10 +1,11 @@
 """ResourceTokens: a job message runs only while its attempt holds a lease on the pool.
 
 Admission granted the lease before publishing. A message without one (a stale duplicate,
-a cancelled job, an attempt maintenance already reclaimed) is skipped. After the actor,
-whatever happened, a lease the attempt still holds is given back by finishing the
-attempt as failed, so tokens return on every exit path a live worker sees; a dead
-worker's lease expires and maintenance reclaims it.
+a cancelled job, an attempt maintenance already reclaimed) is skipped. The actor returns
+tokens itself, in the transaction that records the outcome; if it raised anything else
+(e.g. PostgreSQL went away mid-completion), a lease the attempt still holds is given back
+here by finishing the attempt as failed, so tokens return on every exit path a live
+worker sees. A dead worker's lease expires and maintenance reclaims it.
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ class ResourceTokens(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        ids = job_attempt(message)
-        if ids is None:
-            return
-        from actors.completion import finish_and_publish
+        from actors.completion import JobDeadLettered, finish_and_publish
         from queue_service.retry_policy import AttemptResult
+
+        ids = job_attempt(message)
+        # The actor returned (or dead-lettered) only after its completion committed, which
+        # released the lease: nothing can be left behind, so skip the lookup.
+        if ids is None or exception is None or isinstance(exception, JobDeadLettered):
+            return
 
         runtime = get_runtime()
         still_held = in_transaction(
