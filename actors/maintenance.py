@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dramatiq
 from periodiq import cron
 
 from actors.runtime import get_runtime
 from queue_service import names
 from queue_service.dead_letter_queue import compact_dead_letter_queue
-from queue_service.maintenance import run_maintenance
+from queue_service.maintenance import purge_finished_jobs, run_maintenance
 
 
 @dramatiq.actor(
@@ -18,8 +20,10 @@ from queue_service.maintenance import run_maintenance
     max_retries=0,
 )
 def maintenance_sweep() -> None:
-    """The minute sweep: a maintenance pass (backstop for the workers' tickers), and the
-    dead-letter queue compaction that drops messages of replayed or discarded letters."""
+    """The minute sweep: a maintenance pass (backstop for the workers' tickers), the
+    dead-letter queue compaction that drops messages of replayed or discarded letters, and
+    the retention purge of old finished jobs."""
     runtime = get_runtime()
     run_maintenance(runtime.engine, runtime.settings, runtime.broker)
     compact_dead_letter_queue(runtime.engine, runtime.broker)
+    purge_finished_jobs(runtime.engine, runtime.settings, datetime.now(UTC))

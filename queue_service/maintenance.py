@@ -23,6 +23,7 @@ from queue_service.publisher import (
     publish_admitted,
     publish_dead_letter,
 )
+from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import leases as leases_repo
 from queue_service.retry_policy import AttemptResult
 from queue_service.scheduling import admit_ready_jobs
@@ -69,6 +70,27 @@ def run_maintenance(
     if promoted or admitted or reclaimed:
         log.info("maintenance_pass", promoted=promoted, admitted=len(admitted), reclaimed=reclaimed)
     return MaintenanceReport(True, promoted, len(admitted), 0, reclaimed)
+
+
+def purge_finished_jobs(
+    engine: sa.Engine, settings: Settings, now: datetime, batch: int = 5_000, batches: int = 20
+) -> int:
+    """Retention: delete jobs finished more than `retention_days` ago, in short batches
+    (one transaction each) so the sweep never holds many row locks for long."""
+    if settings.retention_days <= 0:
+        return 0
+    cutoff = now - timedelta(days=settings.retention_days)
+    deleted = 0
+    for _ in range(batches):
+        count = in_transaction(
+            engine, lambda conn: jobs_repo.delete_finished_before(conn, cutoff, batch)
+        )
+        deleted += count
+        if count < batch:
+            break
+    if deleted:
+        log.info("finished_jobs_purged", deleted=deleted, cutoff=cutoff.isoformat())
+    return deleted
 
 
 def reclaim_expired_leases(

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     cancel_poll_seconds: float = Field(default=0.5, gt=0)
     retry_jitter_ratio: float = Field(default=0.1, ge=0, le=1)
 
+    # Finished jobs (with their events and edges) are deleted this many days after they
+    # finished, unless an open dead letter still refers to them; 0 keeps them forever.
+    retention_days: float = Field(default=30.0, ge=0)
+
     # Logs
     log_level: str = "INFO"
 

@@ -397,6 +397,21 @@ def restore_upstream_failed(conn: sa.Connection, root_id: str) -> list[StatusCha
     return _changes(rows)
 
 
+def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` jobs finished before `cutoff` (ix_jobs_finished), oldest first,
+    keeping those an open dead letter refers to. Events and edges go with them (cascade)."""
+    result = conn.execute(
+        sa.text(
+            "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j "
+            "  WHERE j.finished_at < :cutoff AND NOT EXISTS (SELECT 1 FROM dead_letters d "
+            "    WHERE d.job_id = j.id AND d.resolved_at IS NULL) "
+            "  ORDER BY j.finished_at LIMIT :limit)"
+        ),
+        {"cutoff": cutoff, "limit": limit},
+    )
+    return int(result.rowcount)
+
+
 # --- cancellation, promotion, replay --------------------------------------------------
 
 

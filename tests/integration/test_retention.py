@@ -1,0 +1,57 @@
+"""Retention: old finished jobs go, recent ones and those with open dead letters stay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from queue_service.maintenance import purge_finished_jobs
+from queue_service.repository import dead_letters as dead_letters_repo
+from queue_service.settings import Settings
+from queue_service.submission import JobSpec, submit_job
+
+
+def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
+    clean_state: None, settings: Settings, engine: sa.Engine
+) -> None:
+    # Given jobs finished 40 days ago (one with an open dead letter), one finished an hour
+    # ago, and one still waiting
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for job_id in ("old_done", "old_dead", "recent_done", "waiting"):
+            submit_job(conn, settings, JobSpec(job_id=job_id), now)
+        finished = {"old_done": now - timedelta(days=40), "old_dead": now - timedelta(days=40)}
+        finished["recent_done"] = now - timedelta(hours=1)
+        for job_id, at in finished.items():
+            conn.execute(
+                sa.text(
+                    "UPDATE jobs SET status = 'completed', finished_at = :at, rank = NULL, "
+                    "pending_since = NULL WHERE id = :id"
+                ),
+                {"at": at, "id": job_id},
+            )
+        conn.execute(sa.text("DELETE FROM leases"))
+        dead_letters_repo.record_dead_letter(
+            conn,
+            job_id="old_dead",
+            type_="noop",
+            reason="retries_exhausted",
+            attempts=1,
+            last_error="boom",
+            message={},
+            now=now,
+        )
+
+    # When the retention purge runs with 30 days
+    deleted = purge_finished_jobs(engine, settings.model_copy(update={"retention_days": 30}), now)
+
+    # Then only the old job without an open dead letter is gone, with its events
+    assert deleted == 1
+    with engine.connect() as conn:
+        left = set(conn.execute(sa.text("SELECT id FROM jobs")).scalars())
+        events = conn.execute(
+            sa.text("SELECT count(*) FROM job_events WHERE job_id = 'old_done'")
+        ).scalar_one()
+    assert left == {"old_dead", "recent_done", "waiting"}
+    assert events == 0
