@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
-from actors.middleware.resource_tokens import job_attempt
+from actors.middleware.resource_tokens import job_attempt, skip_unverifiable
 from actors.runtime import get_runtime
 from queue_service.db import in_transaction
 from queue_service.logging import get_logger
@@ -65,6 +65,8 @@ class AttemptClaim(dramatiq.Middleware):
             claimed = in_transaction(runtime.engine, claim)
         except _LeaseLost:
             claimed = False
+        except Exception as error:
+            raise skip_unverifiable(ids, error) from error
         if not claimed:
             log.info("message_skipped", job_id=job_id, attempt=attempt, reason="already_claimed")
             raise SkipMessage()

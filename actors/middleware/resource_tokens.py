@@ -33,15 +33,31 @@ def job_attempt(message: MessageProxy | dramatiq.Message[Any]) -> tuple[str, int
     return str(job_id), int(attempt)
 
 
+def skip_unverifiable(ids: tuple[str, int], error: Exception) -> SkipMessage:
+    """The message cannot be checked (PostgreSQL unreachable): skip it, do not run it.
+
+    Dramatiq logs and swallows any other exception raised before a message runs, and the
+    actor would then run unchecked. Skipping acknowledges the message; PostgreSQL still
+    holds the admitted attempt, which maintenance republishes.
+    """
+    log.warning(
+        "message_skipped", job_id=ids[0], attempt=ids[1], reason="database_error", error=str(error)
+    )
+    return SkipMessage()
+
+
 class ResourceTokens(dramatiq.Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         ids = job_attempt(message)
         if ids is None:
             return
         runtime = get_runtime()
-        with runtime.engine.connect() as conn:
-            if leases_repo.holds_lease(conn, *ids):
-                return
+        try:
+            with runtime.engine.connect() as conn:
+                if leases_repo.holds_lease(conn, *ids):
+                    return
+        except Exception as error:
+            raise skip_unverifiable(ids, error) from error
         log.info("message_skipped", job_id=ids[0], attempt=ids[1], reason="no_lease")
         raise SkipMessage()
 
