@@ -43,6 +43,7 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results_file import write_section  # noqa: E402
 from queue_service.admission import AdmissionPolicy, decide_admission  # noqa: E402
 from queue_service.model import Priority  # noqa: E402
 from queue_service.repository import jobs as jobs_repo  # noqa: E402
@@ -396,18 +397,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of the results file (other sections untouched)."""
-    text = path.read_text() if path.exists() else "# Evaluation results\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end == -1 else text[end + 1 :])
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,1000000,10000000", help="rows per database")
@@ -424,7 +413,7 @@ def main() -> None:
     section = markdown(results)
     print(section)
     if args.results_file:
-        write_section(args.results_file, section)
+        write_section(args.results_file, SECTION, section)
 
 
 if __name__ == "__main__":

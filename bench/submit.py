@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -115,6 +116,11 @@ def count_terminal(database_url: str) -> int:
         return int(row[0]) if row else 0
 
 
+def drained(database_url: str, target: int) -> Callable[[], bool]:
+    """A predicate: at least `target` jobs have finished."""
+    return lambda: count_terminal(database_url) >= target
+
+
 def fill_completed(database_url: str, rows: int) -> None:
     """Grow the jobs table with completed jobs (COPY), as history accumulates in production."""
     now = datetime.now(UTC)
@@ -206,9 +212,7 @@ def main() -> None:
             first_submit = time.perf_counter()
             wall, latencies = timed_requests(client, bodies, args.concurrency)
             wait_until(
-                lambda done_before=done_before: (
-                    count_terminal(database_url) >= done_before + args.jobs
-                ),
+                drained(database_url, done_before + args.jobs),
                 300,
                 0.05,
                 "the jobs to drain",
@@ -219,9 +223,7 @@ def main() -> None:
                 client, [("POST", "/jobs/batch", {"jobs": job_bodies(args.jobs, rng)})], 1
             )
             wait_until(
-                lambda done_before=done_before: (
-                    count_terminal(database_url) >= done_before + 2 * args.jobs
-                ),
+                drained(database_url, done_before + 2 * args.jobs),
                 300,
                 0.05,
                 "the batch to drain",

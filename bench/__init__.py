@@ -1,0 +1,1 @@
+"""Benchmarks: runnable scripts whose figures go into evaluation_results.md."""
