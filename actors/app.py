@@ -7,6 +7,7 @@ from dramatiq.middleware import CurrentMessage, Retries, ShutdownNotifications
 from periodiq import PeriodiqMiddleware
 
 from actors.runtime import Runtime, install_runtime, process_name
+from actors.writer import AttemptWriter
 from queue_service.broker import build_broker
 from queue_service.db import make_engine
 from queue_service.logging import configure_logging
@@ -21,7 +22,8 @@ def setup(role: str) -> dramatiq.Broker:
     name = process_name(role)
     broker = build_broker(settings, connection_name=name)
     engine = make_engine(settings, pool_size=settings.worker_threads + 2)
-    install_runtime(Runtime(settings, engine, broker, name))
+    writer = AttemptWriter(engine, settings, broker, name)
+    install_runtime(Runtime(settings, engine, broker, name, writer))
     with engine.begin() as conn:
         pool_repo.set_capacity(conn, settings.pool_cpu_units, settings.pool_memory_mb)
 

@@ -1,45 +1,27 @@
-"""Completion: the end of an attempt, recorded in one transaction, then published.
+"""Completion: the end of an attempt, recorded through the process's attempt writer.
 
-`finish_attempt` (queue_service.lifecycle) records the outcome, releases the lease,
-unblocks or cancels dependents, records a dead letter and runs admission, all in one
-transaction; after it commits, the newly admitted attempts are published.
+The writer records the outcome, unblocks or cancels dependents, records a dead letter,
+returns the tokens and runs admission in the transaction of its next batch, then
+publishes what was admitted. A final failure raises JobDeadLettered, which Dramatiq's
+`Retries(max_retries=0)` (the actor's `throws`) turns into `message.fail()`: RabbitMQ
+routes the message through the named dead-letter exchange.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from actors.runtime import get_runtime
-from queue_service.db import in_transaction
-from queue_service.lifecycle import Consequences, finish_attempt
-from queue_service.model import Priority
-from queue_service.publisher import job_message, publish_admitted
-from queue_service.retry_policy import AttemptResult
+from queue_service.lifecycle import AttemptEnd
+from queue_service.model import JobStatus
+from queue_service.retry_policy import Outcome
 
 
 class JobDeadLettered(Exception):
     """The job failed for good: raised by the actor so its message is dead-lettered."""
 
 
-def finish_and_publish(
-    job_id: str, attempt: int, result: AttemptResult, error: str | None, value: Any
-) -> Consequences:
-    runtime = get_runtime()
-    body = job_message(job_id, attempt, Priority.NORMAL).asdict()
-    consequences = in_transaction(
-        runtime.engine,
-        lambda conn: finish_attempt(
-            conn,
-            runtime.settings,
-            job_id=job_id,
-            attempt=attempt,
-            result=result,
-            error=error,
-            value=value,
-            now=datetime.now(UTC),
-            dead_letter_message=body,
-        ),
-    )
-    publish_admitted(runtime.broker, consequences.admitted)
-    return consequences
+def complete(end: AttemptEnd) -> Outcome | None:
+    """Record `end`; raise JobDeadLettered when the job failed for good."""
+    outcome = get_runtime().writer.finish(end)
+    if outcome is not None and outcome.status is JobStatus.FAILED:
+        raise JobDeadLettered(f"{outcome.dead_letter_reason}: {end.error}")
+    return outcome

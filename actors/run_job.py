@@ -1,9 +1,9 @@
 """The job actor: runs one claimed attempt of one job.
 
-Before it runs, the middleware stack has checked the attempt's lease (ResourceTokens)
-and claimed the attempt (AttemptClaim). A final failure raises JobDeadLettered, which
-Retries turns into message.fail(): RabbitMQ dead-letters the message through the
-named dead-letter exchange.
+Before it runs, AttemptClaim has claimed the attempt (through the process's attempt
+writer) and handed over the claimed row, so the actor reads nothing from PostgreSQL
+before the handler starts. A final failure raises JobDeadLettered, which Retries turns
+into message.fail(): RabbitMQ dead-letters the message through the named exchange.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import dramatiq
 import structlog
 
-from actors.completion import JobDeadLettered, finish_and_publish
-from actors.execution import run_attempt
+from actors.completion import JobDeadLettered, complete
+from actors.execution import AttemptReport, run_attempt
+from actors.middleware.attempt_claim import claimed_attempt
 from actors.runtime import get_runtime
 from queue_service import names
 from queue_service.job_types import JobContext, get_job_type
+from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
-from queue_service.model import JobStatus
 from queue_service.repository import jobs as jobs_repo
 from queue_service.retry_policy import AttemptResult
 
@@ -32,15 +33,13 @@ log = get_logger(__name__)
 )
 def run_job(job_id: str, attempt: int) -> None:
     runtime = get_runtime()
+    claimed = claimed_attempt()
     with structlog.contextvars.bound_contextvars(job_id=job_id, attempt=attempt):
-        with runtime.engine.connect() as conn:
-            job = jobs_repo.get_job(conn, job_id)
-        assert job is not None, "the claim returned this job"
-        job_type = get_job_type(job.type)
+        job_type = get_job_type(claimed.type)
         if job_type is None:
-            report_result = AttemptResult.PERMANENT_ERROR
-            error: str | None = f"unknown job type {job.type!r}"
-            value = None
+            report = AttemptReport(
+                AttemptResult.PERMANENT_ERROR, f"unknown job type {claimed.type!r}"
+            )
         else:
 
             def cancel_requested() -> bool:
@@ -49,20 +48,11 @@ def run_job(job_id: str, attempt: int) -> None:
 
             report = run_attempt(
                 job_type,
-                job.payload,
+                claimed.payload,
                 JobContext(job_id, attempt, runtime.settings.duration_scale),
-                job.timeout_seconds,
+                claimed.timeout_seconds,
                 cancel_requested,
                 runtime.settings.cancel_poll_seconds,
             )
-            report_result, error, value = report.result, report.error, report.value
-        consequences = finish_and_publish(job_id, attempt, report_result, error, value)
-        outcome = consequences.outcome
-        log.info(
-            "attempt_finished",
-            result=report_result.value,
-            status=outcome.status.value if outcome else None,
-            error=error,
-        )
-        if outcome is not None and outcome.status is JobStatus.FAILED:
-            raise JobDeadLettered(f"{outcome.dead_letter_reason}: {error}")
+        log.info("attempt_finished", result=report.result.value, error=report.error)
+        complete(AttemptEnd(job_id, attempt, report.result, report.error, report.value))

@@ -1,4 +1,5 @@
-"""The per-process runtime: settings, database engine and broker, built once per process.
+"""The per-process runtime: settings, database engine, broker and the attempt writer,
+built once per process.
 
 Each worker process (and the scheduler) builds its own; nothing here is shared between
 processes, and nothing holds business state: PostgreSQL does.
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from actors.writer import AttemptWriter
 from queue_service.broker import TaskQueueBroker
 from queue_service.settings import Settings
 
@@ -22,6 +24,7 @@ class Runtime:
     engine: sa.Engine
     broker: TaskQueueBroker
     worker_name: str
+    writer: AttemptWriter
 
 
 _runtime: Runtime | None = None

@@ -1,7 +1,8 @@
 """The live event stream: PostgreSQL NOTIFY -> this API process -> WebSocket clients.
 
-Every recorded status change fires `pg_notify('job_events', ...)` from a trigger, in the
-transaction that made it, so subscribers hear exactly what committed, whichever process
+Every INSERT into job_events fires `pg_notify('job_events', ...)` once from a statement
+trigger (a JSON array of its status changes and progress reports), in the transaction that
+made them, so subscribers hear exactly what committed, whichever process
 (API or any worker) made the change. One LISTEN connection per API process fans out to
 its WebSocket clients, each through a bounded queue (a slow client loses events, it
 does not slow the others).
@@ -96,7 +97,7 @@ class EventHub:
                     await conn.execute(f"LISTEN {names.JOB_EVENTS_CHANNEL}")
                     self.listening.set()
                     async for notify in conn.notifies():
-                        self._fan_out([_event(notify.payload)])
+                        self._fan_out(_events(notify.payload))
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # reconnect: PostgreSQL restarted or the link dropped
@@ -105,9 +106,15 @@ class EventHub:
                 await asyncio.sleep(1.0)
 
 
-def _event(payload: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(payload)
-    return {
+def _events(payload: str) -> list[dict[str, Any]]:
+    """The events of one NOTIFY: a JSON array (one INSERT statement's status changes and
+    progress reports, in order, chunked by the trigger to fit NOTIFY's payload limit)."""
+    batch = json.loads(payload)
+    return [_event(data) for data in (batch if isinstance(batch, list) else [batch])]
+
+
+def _event(data: dict[str, Any]) -> dict[str, Any]:
+    event = {
         "event": data.get("event"),
         "job_id": data.get("job_id"),
         "type": data.get("type"),
@@ -116,3 +123,6 @@ def _event(payload: str) -> dict[str, Any]:
         "attempt": data.get("attempt"),
         "at": data.get("at"),
     }
+    if data.get("data") is not None:  # job_progress: {fraction, message}
+        event["progress"] = data["data"]
+    return event

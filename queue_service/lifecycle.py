@@ -1,13 +1,15 @@
-"""State changes after submission: finishing an attempt, cancelling, replaying, and the
-maintenance duties (promote due jobs, reclaim leases of dead workers).
+"""State changes after submission: finishing attempts, cancelling, replaying, promoting.
 
 Each function runs inside the caller's transaction and returns the attempts admitted
-as a consequence; the caller commits, then publishes them.
+as a consequence; the caller commits, then publishes them. Every token return goes
+through `admit_ready_jobs(released=...)`, the one statement that touches the pool row.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,14 +17,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from queue_service import errors
-from queue_service.admission import PoolState
 from queue_service.model import CANCELLABLE_STATUSES, JobStatus, RetryConfig
 from queue_service.publisher import Admitted
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import leases as leases_repo
-from queue_service.repository import pool as pool_repo
+from queue_service.repository.leases import Lease
 from queue_service.retry_policy import AttemptResult, Outcome, decide_outcome
 from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings
@@ -32,9 +33,28 @@ from queue_service.settings import Settings
 class Consequences:
     """What a state change set in motion, for the caller to act on after commit."""
 
-    outcome: Outcome | None = None
     admitted: list[Admitted] = field(default_factory=list)
-    dead_letter_id: int | None = None
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How one attempt ended, as the worker (or maintenance, for a lost one) reports it."""
+
+    job_id: str
+    attempt: int
+    result: AttemptResult
+    error: str | None = None
+    value: Any = None
+    traceback: str | None = None
+
+
+@dataclass
+class FinishedAttempts:
+    """The outcome of each attempt that was still running (the others are absent), and
+    what was admitted with the tokens they gave back."""
+
+    outcomes: dict[tuple[str, int], Outcome] = field(default_factory=dict)
+    admitted: list[Admitted] = field(default_factory=list)
 
 
 def _transition_events(
@@ -46,45 +66,20 @@ def _transition_events(
     ]
 
 
-def _release(
-    conn: sa.Connection, job_id: str, attempt: int | None, now: datetime
-) -> PoolState | None:
-    """Delete the lease and give its tokens back; the pool state after, when it had one.
-
-    The event is written after the pool row is locked, so the order of token events
-    (their ids) is the order in which the pool changed.
-    """
-    lease = leases_repo.release_lease(conn, job_id, attempt)
-    if lease is None:
-        return None
-    pool = pool_repo.return_tokens(conn, lease.cpu_units, lease.memory_mb)
-    events_repo.record_events(
-        conn,
-        [
-            events_repo.JobEvent(
-                job_id=job_id,
-                event="tokens_released",
-                attempt=lease.attempt,
-                message=f"returned {lease.cpu_units} CPU units and {lease.memory_mb} MB",
-                at=now,
-                data={"cpu_units": lease.cpu_units, "memory_mb": lease.memory_mb},
-            )
-        ],
-    )
-    return pool
-
-
-def _cascade_cancel(conn: sa.Connection, root_id: str, reason: str, now: datetime) -> None:
+def _cascade_cancel(conn: sa.Connection, root_id: str, reason: str, now: datetime) -> list[Lease]:
+    """Cancel every unfinished dependent of `root_id`; returns the leases to give back."""
+    released: list[Lease] = []
     # Repeat until nothing is left: a submission adding a dependent to a descendant commits
     # while the statement waits on that descendant's row lock, so the statement's snapshot
     # misses the new edge; the next statement's snapshot has it.
     while changes := jobs_repo.cancel_descendants(conn, root_id, reason, now):
-        for change in changes:
-            if change.previous_status == JobStatus.PENDING:
-                _release(conn, change.job_id, None, now)  # it may hold an unclaimed lease
         events_repo.record_events(
             conn, _transition_events(changes, now, message=f"cancelled: {reason}")
         )
+        # A pending dependent may hold an admitted, unclaimed lease.
+        pending = [(c.job_id, None) for c in changes if c.previous_status == JobStatus.PENDING]
+        released += leases_repo.release_leases(conn, pending)
+    return released
 
 
 def retry_config_of(job: sa.Row[Any]) -> RetryConfig:
@@ -96,84 +91,128 @@ def retry_config_of(job: sa.Row[Any]) -> RetryConfig:
     )
 
 
-def finish_attempt(
+def storable(end: AttemptEnd) -> tuple[AttemptEnd, str | None]:
+    """The end as PostgreSQL can store it, with its value serialised.
+
+    A value it cannot store (NaN, infinities, NUL characters, not JSON at all) fails the
+    attempt with a clear error instead of failing the whole batch's transaction.
+    """
+    clean = AttemptEnd(
+        end.job_id, end.attempt, end.result, _text(end.error), end.value, _text(end.traceback)
+    )
+    if end.value is None:
+        return clean, None
+    try:
+        serialised = json.dumps(end.value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        problem = f"the result is not storable JSON: {error}"
+    else:
+        if "\\u0000" not in serialised:
+            return clean, serialised
+        problem = "the result is not storable JSON: it contains a NUL character"
+    return AttemptEnd(end.job_id, end.attempt, AttemptResult.PERMANENT_ERROR, problem), None
+
+
+def _text(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL characters."""
+    return None if text is None else text.replace("\x00", "\\0")
+
+
+def finish_attempts(
     conn: sa.Connection,
     settings: Settings,
-    *,
-    job_id: str,
-    attempt: int,
-    result: AttemptResult,
-    error: str | None,
-    value: Any,
+    ends: Sequence[AttemptEnd],
     now: datetime,
-    dead_letter_message: dict[str, Any],
-) -> Consequences:
-    """Record the end of one attempt: outcome, tokens, dependents, dead letter, admission.
+    dead_letter_message: Callable[[str, int], dict[str, Any]],
+) -> FinishedAttempts:
+    """Record the end of many attempts: outcomes, dependents, dead letters, tokens and the
+    admission those tokens allow, in a handful of statements for the whole batch.
 
     Guarded by (job_id, status running, attempt): finishing an attempt twice, or one that
     maintenance already reclaimed, changes nothing but a leftover lease.
     """
-    job = jobs_repo.lock_running(conn, job_id, attempt)
-    if job is None:
-        _release(conn, job_id, attempt, now)
-        return Consequences(admitted=admit_ready_jobs(conn, settings, now))
-    jitter = random.uniform(0, settings.retry_jitter_ratio)
-    outcome = decide_outcome(
-        result, attempt, retry_config_of(job), now, jitter, job.cancel_requested_at is not None
-    )
-    cancel_reason = "cancelled_by_request" if outcome.status is JobStatus.CANCELLED else None
-    jobs_repo.record_outcome(
-        conn,
-        job_id,
-        status=outcome.status.value,
-        next_attempt_at=outcome.next_attempt_at,
-        last_error=error,
-        cancel_reason=cancel_reason,
-        result=value,
-        now=now,
-    )
-    detail = {"result": result.value, "error": error}
-    if outcome.next_attempt_at is not None:
-        detail["next_attempt_at"] = outcome.next_attempt_at.isoformat()
-    events_repo.record_events(
-        conn,
-        [
-            events_repo.transition(
-                job_id,
-                attempt,
-                JobStatus.RUNNING.value,
-                outcome.status.value,
-                now,
-                message=f"attempt {attempt} {result.value}" + (f": {error}" if error else ""),
-                level="info" if result is AttemptResult.SUCCEEDED else "warning",
-                data=detail,
-            )
-        ],
-    )
-    consequences = Consequences(outcome=outcome)
-    # Dependents before the pool row: the pool is always the last lock taken.
-    if outcome.status is JobStatus.COMPLETED:
-        ready = jobs_repo.unblock_dependents(conn, job_id, now, settings.aging_seconds_per_level)
-        events_repo.record_events(
-            conn, _transition_events(ready, now, message=f"{job_id} completed")
+    finished = FinishedAttempts()
+    running = jobs_repo.lock_running(conn, [(e.job_id, e.attempt) for e in ends])
+    rows: list[jobs_repo.RecordedOutcome] = []
+    events: list[events_repo.JobEvent] = []
+    completed: list[str] = []
+    dead: list[tuple[str, str, AttemptEnd, Outcome]] = []
+    cancelled: list[str] = []
+    for reported in ends:
+        job = running.get(reported.job_id)
+        if job is None:
+            continue
+        end, result_json = storable(reported)
+        jitter = random.uniform(0, settings.retry_jitter_ratio)
+        outcome = decide_outcome(
+            end.result,
+            end.attempt,
+            retry_config_of(job),
+            now,
+            jitter,
+            job.cancel_requested_at is not None,
         )
-    elif outcome.status is JobStatus.FAILED:
-        _cascade_cancel(conn, job_id, f"upstream_failed:{job_id}", now)
-        consequences.dead_letter_id = dead_letters_repo.record_dead_letter(
+        finished.outcomes[(end.job_id, end.attempt)] = outcome
+        is_cancel = outcome.status is JobStatus.CANCELLED
+        rows.append(
+            jobs_repo.RecordedOutcome(
+                job_id=end.job_id,
+                status=outcome.status.value,
+                next_attempt_at=outcome.next_attempt_at,
+                last_error=end.error,
+                cancel_reason="cancelled_by_request" if is_cancel else None,
+                result_json=result_json,
+            )
+        )
+        events.append(_outcome_event(end, outcome, now))
+        if outcome.status is JobStatus.COMPLETED:
+            completed.append(end.job_id)
+        elif outcome.status is JobStatus.FAILED:
+            dead.append((end.job_id, job.type, end, outcome))
+        elif is_cancel:
+            cancelled.append(end.job_id)
+    jobs_repo.record_outcomes(conn, rows, now)
+    # Dependents before the pool row: the pool is always the last lock taken.
+    ready = jobs_repo.unblock_dependents(conn, completed, now, settings.aging_seconds_per_level)
+    events += _transition_events(ready, now, message="dependencies completed")
+    events_repo.record_events(conn, events)
+    released: list[Lease] = []
+    for job_id, job_type, end, outcome in dead:
+        released += _cascade_cancel(conn, job_id, f"upstream_failed:{job_id}", now)
+        dead_letters_repo.record_dead_letter(
             conn,
             job_id=job_id,
-            type_=job.type,
+            type_=job_type,
             reason=outcome.dead_letter_reason or "failed",
-            attempts=attempt,
-            last_error=error,
-            message=dead_letter_message,
+            attempts=end.attempt,
+            last_error=end.error,
+            message=dead_letter_message(job_id, end.attempt),
             now=now,
         )
-    elif outcome.status is JobStatus.CANCELLED:
-        _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
-    pool = _release(conn, job_id, attempt, now)
-    consequences.admitted = admit_ready_jobs(conn, settings, now, locked_pool=pool)
-    return consequences
+    for job_id in cancelled:
+        released += _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
+    released += leases_repo.release_leases(conn, [(e.job_id, e.attempt) for e in ends])
+    finished.admitted = admit_ready_jobs(conn, settings, now, released=released)
+    return finished
+
+
+def _outcome_event(end: AttemptEnd, outcome: Outcome, now: datetime) -> events_repo.JobEvent:
+    detail: dict[str, Any] = {"result": end.result.value, "error": end.error}
+    if end.traceback:
+        detail["traceback"] = end.traceback
+    if outcome.next_attempt_at is not None:
+        detail["next_attempt_at"] = outcome.next_attempt_at.isoformat()
+    return events_repo.transition(
+        end.job_id,
+        end.attempt,
+        JobStatus.RUNNING.value,
+        outcome.status.value,
+        now,
+        message=f"attempt {end.attempt} {end.result.value}"
+        + (f": {end.error}" if end.error else ""),
+        level="info" if end.result is AttemptResult.SUCCEEDED else "warning",
+        data=detail,
+    )
 
 
 def cancel_job(conn: sa.Connection, settings: Settings, job_id: str, now: datetime) -> Consequences:
@@ -206,9 +245,9 @@ def cancel_job(conn: sa.Connection, settings: Settings, job_id: str, now: dateti
     events_repo.record_events(
         conn, _transition_events([change], now, message="cancelled by request")
     )
-    _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
-    _release(conn, job_id, None, now)
-    return Consequences(admitted=admit_ready_jobs(conn, settings, now))
+    released = _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
+    released += leases_repo.release_leases(conn, [(job_id, None)])
+    return Consequences(admitted=admit_ready_jobs(conn, settings, now, released=released))
 
 
 def replay_dead_letter(

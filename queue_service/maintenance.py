@@ -14,12 +14,12 @@ import sqlalchemy as sa
 
 from queue_service import names
 from queue_service.db import in_transaction
-from queue_service.lifecycle import finish_attempt, promote_due_jobs
+from queue_service.lifecycle import AttemptEnd, finish_attempts, promote_due_jobs
 from queue_service.logging import get_logger
 from queue_service.model import JobStatus, Priority
 from queue_service.publisher import (
     Admitted,
-    job_message,
+    dead_letter_body,
     publish_admitted,
     publish_dead_letter,
 )
@@ -96,32 +96,25 @@ def purge_finished_jobs(
 def reclaim_expired_leases(
     engine: sa.Engine, settings: Settings, broker: dramatiq.Broker, now: datetime
 ) -> int:
-    """Attempts whose worker died: their lease expired. Count the attempt as lost."""
+    """Attempts whose worker died: their lease expired. Count each attempt as lost, in one
+    transaction for all of them, and dead-letter the jobs that had no attempt left."""
     with engine.connect() as conn:
         expired = leases_repo.expired_leases(conn, now)
+    if not expired:
+        return 0
     error = "worker lost: lease expired without the attempt finishing"
+    ends = [
+        AttemptEnd(lease.job_id, lease.attempt, AttemptResult.WORKER_LOST, error)
+        for lease in expired
+    ]
+    finished = in_transaction(
+        engine,
+        lambda conn: finish_attempts(conn, settings, ends, now, dead_letter_body),
+    )
     for lease in expired:
-        consequences = in_transaction(
-            engine,
-            lambda conn, lease=lease: finish_attempt(  # type: ignore[misc]
-                conn,
-                settings,
-                job_id=lease.job_id,
-                attempt=lease.attempt,
-                result=AttemptResult.WORKER_LOST,
-                error=error,
-                value=None,
-                now=now,
-                dead_letter_message=job_message(
-                    lease.job_id, lease.attempt, Priority.NORMAL
-                ).asdict(),
-            ),
-        )
         log.warning("lease_reclaimed", job_id=lease.job_id, attempt=lease.attempt)
-        publish_admitted(broker, consequences.admitted)
-        outcome = consequences.outcome
-        if outcome is not None and outcome.status is JobStatus.FAILED:
-            publish_dead_letter(
-                broker, lease.job_id, lease.attempt, str(outcome.dead_letter_reason), error
-            )
+    publish_admitted(broker, finished.admitted)
+    for (job_id, attempt), outcome in finished.outcomes.items():
+        if outcome.status is JobStatus.FAILED:
+            publish_dead_letter(broker, job_id, attempt, str(outcome.dead_letter_reason), error)
     return len(expired)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 import pika
@@ -37,6 +38,11 @@ def job_message(job_id: str, attempt: int, priority: Priority) -> dramatiq.Messa
         kwargs={},
         options={"broker_priority": priority.message_priority},
     )
+
+
+def dead_letter_body(job_id: str, attempt: int) -> dict[str, Any]:
+    """The message body a dead letter records: the attempt's job message."""
+    return job_message(job_id, attempt, Priority.NORMAL).asdict()
 
 
 def publish_admitted(broker: dramatiq.Broker, admitted: Iterable[Admitted]) -> int:

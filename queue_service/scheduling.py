@@ -1,24 +1,26 @@
 """Admission: the I/O shell around `admission.decide_admission`.
 
 Called after every submission, completion, cancellation, resume and by maintenance.
-It locks the pool row (so admissions are serialised across all processes), reads the
-best-ranked ready jobs through ix_jobs_admission, lets the pure decision pick, and
-records a lease per started job that is still ready. The caller commits, then publishes.
+The decision runs inside PostgreSQL (`taskq_admit`, migration 0002), the SQL twin of the
+pure `decide_admission` (property tests hold the two to the same answers): it locks the
+pool row, so admissions are serialised across all processes, reads the best-ranked
+ready jobs through ix_jobs_admission, and grants a lease per started job that is still
+ready. The caller commits, then publishes. `explain_wait` replays the pure decision.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
 
-from queue_service.admission import AdmissionPolicy, PoolState, decide_admission
-from queue_service.model import JobStatus, WaitingReason
+from queue_service.admission import AdmissionPolicy, decide_admission
+from queue_service.model import JobStatus, Priority, WaitingReason
 from queue_service.publisher import Admitted
-from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
-from queue_service.repository import leases as leases_repo
 from queue_service.repository import pool as pool_repo
+from queue_service.repository.leases import Lease
 from queue_service.settings import Settings
 
 
@@ -28,62 +30,25 @@ def admit_ready_jobs(
     now: datetime,
     *,
     wait: bool = True,
-    locked_pool: PoolState | None = None,
+    released: Sequence[Lease] = (),
 ) -> list[Admitted]:
-    """Grant tokens to the ready jobs the policy starts; returns them for publishing.
+    """Give `released` tokens back and grant tokens to the ready jobs the policy starts;
+    returns them for publishing after commit.
 
+    One statement (`taskq_admit`): the pool row stays locked only from it to the commit.
     wait=False (submissions) skips admission when another transaction is admitting: the
     busy admitter, the next completion or the maintenance ticker admits the new job, so a
-    burst of submissions does not queue up on the pool row. `locked_pool` is the state
-    of a pool row this transaction already locked (by returning tokens).
+    burst of submissions does not queue up on the pool row.
     """
-    pool = locked_pool or pool_repo.lock_pool(conn, wait=wait)
-    if pool is None or pool.paused or pool.cpu_free <= 0 or pool.memory_free <= 0:
-        return []
-    ready = jobs_repo.ready_candidates(conn, admission_look_ahead(pool, settings))
-    if not ready:
-        return []
-    attempts_so_far = {candidate.job_id: attempts for candidate, attempts in ready}
-    decision = decide_admission(
-        [candidate for candidate, _ in ready], pool, now, AdmissionPolicy.from_settings(settings)
-    )
-    if not decision.started:
-        return []
-    # The guarded UPDATE locks each chosen row: a job cancelled meanwhile drops out here
-    # and gets no lease (its tokens stay free for the next admission).
-    still_ready = jobs_repo.mark_queued(conn, [c.job_id for c in decision.started], now)
-    started = [c for c in decision.started if c.job_id in still_ready]
-    if not started:
-        return []
-    grants = [
-        leases_repo.Lease(c.job_id, attempts_so_far[c.job_id] + 1, c.cpu_units, c.memory_mb)
-        for c in started
-    ]
-    leases_repo.grant_leases(conn, grants, now)
-    pool_repo.take_tokens(conn, sum(g.cpu_units for g in grants), sum(g.memory_mb for g in grants))
-    events_repo.record_events(
+    rows = pool_repo.admit(
         conn,
-        [
-            events_repo.JobEvent(
-                job_id=g.job_id,
-                event="tokens_granted",
-                attempt=g.attempt,
-                message=f"admitted with {g.cpu_units} CPU units and {g.memory_mb} MB",
-                at=now,
-                data={"cpu_units": g.cpu_units, "memory_mb": g.memory_mb},
-            )
-            for g in grants
-        ],
+        now=now,
+        window=settings.admission_window,
+        starvation_seconds=settings.starvation_seconds,
+        wait=wait,
+        released=released,
     )
-    return [Admitted(c.job_id, attempts_so_far[c.job_id] + 1, c.priority) for c in decision.started]
-
-
-def admission_look_ahead(pool: PoolState, settings: Settings) -> int:
-    """How many ready jobs one admission step reads: enough to backfill every free CPU
-    unit several times over, at most TASKQ_ADMISSION_WINDOW. Most admissions follow one
-    completion that freed a unit or two, so reading the whole window each time would
-    spend the worker's CPU on candidates that cannot start."""
-    return min(settings.admission_window, max(16, 4 * pool.cpu_free))
+    return [Admitted(job_id, attempt, Priority(priority)) for job_id, attempt, priority in rows]
 
 
 def explain_wait(conn: sa.Connection, settings: Settings, job: sa.Row, now: datetime) -> str | None:

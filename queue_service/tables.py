@@ -21,8 +21,9 @@ jobs = sa.Table(
     "jobs",
     metadata,
     sa.Column("id", sa.Text, primary_key=True),
-    # Submission order: the tie-breaker between equally ranked jobs.
-    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    # Submission order: the tie-breaker between equally ranked jobs (no index of its own:
+    # only ix_jobs_admission orders by it).
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False),
     sa.Column("type", sa.Text, nullable=False),
     sa.Column("priority", sa.Text, nullable=False),
     sa.Column("payload", JSONB, nullable=False),
@@ -45,6 +46,8 @@ jobs = sa.Table(
     sa.Column("rank", sa.Float),
     sa.Column("pending_since", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # When admission granted the attempt's tokens; copied from the lease by the claim
+    # (while a job waits for a worker, the lease's granted_at is the answer).
     sa.Column("queued_at", sa.DateTime(timezone=True)),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
@@ -74,12 +77,13 @@ jobs = sa.Table(
     sa.CheckConstraint("status <> 'blocked' OR remaining_deps > 0", name="ck_jobs_blocked_deps"),
 )
 
-# Admission reads the best-ranked ready jobs that hold no lease yet: an index range scan.
+# Admission reads the best-ranked ready jobs in index order, skipping the few that hold a
+# lease (admitted, not yet claimed): admission writes only `leases`, never this row.
 sa.Index(
     "ix_jobs_admission",
     jobs.c.rank,
     jobs.c.seq,
-    postgresql_where=sa.text("status = 'pending' AND queued_at IS NULL"),
+    postgresql_where=sa.text("status = 'pending'"),
 )
 # Maintenance promotes due scheduled and retrying jobs.
 sa.Index(

@@ -1,80 +1,90 @@
-"""AttemptClaim: each attempt runs at most once (SPEC scheduling rule 6).
+"""AttemptClaim: each attempt runs at most once (SPEC scheduling rule 6), and only while
+it holds its lease on the token pool.
 
-The claim is one guarded UPDATE (pending -> running for exactly this attempt number).
-A redelivered message, a message published twice, or two workers racing for the same
-attempt: only one claim returns a row, the others skip the message.
+The claim goes through the process's attempt writer: one guarded UPDATE (pending ->
+running for exactly this attempt number, with an unstarted lease) per batch of claims.
+A redelivered message, a message published twice, two workers racing for one attempt, a
+cancelled job or an attempt maintenance already reclaimed: no row comes back, and the
+message is skipped. The claimed row (type, payload, timeout) is handed to the actor, so
+nothing reads the job again.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from contextvars import ContextVar
+from typing import Any
 
 import dramatiq
-import sqlalchemy as sa
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
-from actors.middleware.resource_tokens import job_attempt, skip_unverifiable
 from actors.runtime import get_runtime
-from queue_service.db import in_transaction
+from queue_service import names
 from queue_service.logging import get_logger
-from queue_service.repository import events as events_repo
-from queue_service.repository import jobs as jobs_repo
-from queue_service.repository import leases as leases_repo
+from queue_service.repository.jobs import ClaimedAttempt
 
 log = get_logger(__name__)
+
+# The attempt this worker thread claimed for the message it is processing.
+_claimed: ContextVar[ClaimedAttempt | None] = ContextVar("taskq_claimed_attempt", default=None)
+
+
+def claimed_attempt() -> ClaimedAttempt:
+    """The attempt the running actor was given by the claim."""
+    claimed = _claimed.get()
+    if claimed is None:
+        raise RuntimeError("no claimed attempt: AttemptClaim is not in the middleware stack")
+    return claimed
+
+
+def job_attempt(message: MessageProxy | dramatiq.Message[Any]) -> tuple[str, int] | None:
+    """(job_id, attempt) of a job message, None for other actors' messages."""
+    if message.actor_name != names.RUN_JOB_ACTOR:
+        return None
+    job_id, attempt = message.args
+    return str(job_id), int(attempt)
 
 
 class AttemptClaim(dramatiq.Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        _claimed.set(None)
         ids = job_attempt(message)
         if ids is None:
             return
         job_id, attempt = ids
         runtime = get_runtime()
-
-        def claim(conn: sa.Connection) -> bool:
-            now = datetime.now(UTC)
-            job = jobs_repo.claim_attempt(conn, job_id, attempt, now)
-            if job is None:
-                return False
-            expires = now + timedelta(
-                seconds=job.timeout_seconds + runtime.settings.lease_grace_seconds
-            )
-            if not leases_repo.start_lease(
-                conn, job_id, attempt, expires, runtime.worker_name, now
-            ):
-                raise _LeaseLost()  # rolls the claim back
-            events_repo.record_events(
-                conn,
-                [
-                    events_repo.transition(
-                        job_id,
-                        attempt,
-                        "pending",
-                        "running",
-                        now,
-                        message=f"attempt {attempt} started on {runtime.worker_name}",
-                        data={"worker": runtime.worker_name, "redelivered": _redelivered(message)},
-                    )
-                ],
-            )
-            return True
-
         try:
-            claimed = in_transaction(runtime.engine, claim)
-        except _LeaseLost:
-            claimed = False
+            claimed = runtime.writer.claim(job_id, attempt, _redelivered(message))
         except Exception as error:
-            raise skip_unverifiable(ids, error) from error
-        if not claimed:
+            # Dramatiq logs and swallows any other exception raised here and then runs the
+            # actor unchecked. Skipping acknowledges the message; PostgreSQL still holds
+            # the admitted attempt, which maintenance republishes.
+            log.warning(
+                "message_skipped",
+                job_id=job_id,
+                attempt=attempt,
+                reason="database_error",
+                error=type(error).__name__,
+            )
+            raise SkipMessage() from error
+        if claimed is None:
+            # Another delivery claimed it, or its lease is gone (cancelled, reclaimed).
             log.info("message_skipped", job_id=job_id, attempt=attempt, reason="already_claimed")
             raise SkipMessage()
+        _claimed.set(claimed)
         log.info("job_claimed", job_id=job_id, attempt=attempt, worker=runtime.worker_name)
 
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        _claimed.set(None)
 
-class _LeaseLost(Exception):
-    """The lease vanished between the token check and the claim (e.g. a cancel)."""
+    after_skip_message = after_process_message
 
 
 def _redelivered(message: MessageProxy) -> bool:

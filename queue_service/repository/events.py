@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,23 +53,35 @@ def transition(
 
 
 def record_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
-    """Insert events in one statement (executemany)."""
-    rows = [
+    """Insert events with one statement (so its trigger sends one NOTIFY batch)."""
+    batch = list(events)
+    if not batch:
+        return
+    conn.execute(
+        sa.text(
+            "INSERT INTO job_events "
+            "(job_id, at, level, event, attempt, status, previous_status, message, data) "
+            "SELECT e.job_id, e.at, e.level, e.event, e.attempt, e.status, e.previous_status, "
+            "  e.message, CAST(e.data AS jsonb) "
+            "FROM unnest(CAST(:job_ids AS text[]), CAST(:ats AS timestamptz[]), "
+            "  CAST(:levels AS text[]), CAST(:events AS text[]), CAST(:attempts AS int[]), "
+            "  CAST(:statuses AS text[]), CAST(:previous AS text[]), CAST(:messages AS text[]), "
+            "  CAST(:data AS text[])) WITH ORDINALITY "
+            "  AS e(job_id, at, level, event, attempt, status, previous_status, message, data, n) "
+            "ORDER BY e.n"
+        ),
         {
-            "job_id": e.job_id,
-            "at": e.at,
-            "level": e.level,
-            "event": e.event,
-            "attempt": e.attempt,
-            "status": e.status,
-            "previous_status": e.previous_status,
-            "message": e.message,
-            "data": e.data,
-        }
-        for e in events
-    ]
-    if rows:
-        conn.execute(sa.insert(job_events), rows)
+            "job_ids": [e.job_id for e in batch],
+            "ats": [e.at for e in batch],
+            "levels": [e.level for e in batch],
+            "events": [e.event for e in batch],
+            "attempts": [e.attempt for e in batch],
+            "statuses": [e.status for e in batch],
+            "previous": [e.previous_status for e in batch],
+            "messages": [e.message for e in batch],
+            "data": [json.dumps(e.data, default=str) for e in batch],
+        },
+    )
 
 
 def list_job_events(conn: sa.Connection, job_id: str, limit: int = 1000) -> Sequence[sa.Row[Any]]:

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from queue_service.admission import Candidate
 from queue_service.model import Priority
-from queue_service.tables import job_dependencies, jobs
+from queue_service.tables import job_dependencies, jobs, leases
 
 Row = sa.Row[Any]
 
@@ -24,6 +24,9 @@ Row = sa.Row[Any]
 _LEVEL = "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in Priority) + " END"
 RANK_AT_NOW = f"extract(epoch FROM CAST(:now AS timestamptz)) - ({_LEVEL}) * :aging"
 
+
+# A ready job not yet admitted: admission's lease is the only mark of an admitted job.
+_NO_LEASE = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.job_id = j.id)"
 
 # Every transitive dependent of :root (walks ix_job_dependencies_depends_on).
 _DESCENDANTS_OF_ROOT = (
@@ -109,8 +112,16 @@ def existing_ids(conn: sa.Connection, ids: Sequence[str]) -> set[str]:
 # --- reads ----------------------------------------------------------------------------
 
 
+# A job row as the product shows it: while admitted and waiting for a worker, `queued_at`
+# is the lease's grant time (admission writes only the lease, not the jobs row).
+_JOB_WITH_LEASE: sa.Select[Any] = sa.select(
+    *[c for c in jobs.c if c.name != "queued_at"],
+    sa.func.coalesce(jobs.c.queued_at, leases.c.granted_at).label("queued_at"),
+).select_from(jobs.outerjoin(leases, leases.c.job_id == jobs.c.id))
+
+
 def get_job(conn: sa.Connection, job_id: str) -> Row | None:
-    return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+    return conn.execute(_JOB_WITH_LEASE.where(jobs.c.id == job_id)).first()
 
 
 def get_dependencies(conn: sa.Connection, job_id: str) -> list[tuple[str, str]]:
@@ -148,7 +159,7 @@ def list_jobs(
     limit: int,
 ) -> Sequence[Row]:
     """A page newest first; `after` is the (created_at, id) keyset of the previous page."""
-    query = sa.select(jobs)
+    query = _JOB_WITH_LEASE
     if status is not None:
         query = query.where(jobs.c.status == status)
     if type_ is not None:
@@ -173,9 +184,9 @@ def position_in_queue(conn: sa.Connection, rank: float, seq: int, cap: int = 10_
     """
     row = conn.execute(
         sa.text(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs "
-            "WHERE status = 'pending' AND queued_at IS NULL "
-            "AND (rank, seq) < (:rank, :seq) LIMIT :cap) ahead"
+            "SELECT count(*) FROM (SELECT 1 FROM jobs j "
+            f"WHERE j.status = 'pending' AND {_NO_LEASE} "
+            "AND (j.rank, j.seq) < (:rank, :seq) LIMIT :cap) ahead"
         ),
         {"rank": rank, "seq": seq, "cap": cap},
     ).scalar_one()
@@ -186,9 +197,9 @@ def candidates_ahead(conn: sa.Connection, rank: float, seq: int, limit: int) -> 
     """The ready jobs ranked up to and including (rank, seq), for explaining a wait."""
     rows = conn.execute(
         sa.text(
-            "SELECT id, priority, cpu_units, memory_mb, pending_since FROM jobs "
-            "WHERE status = 'pending' AND queued_at IS NULL "
-            "AND (rank, seq) <= (:rank, :seq) ORDER BY rank, seq LIMIT :limit"
+            "SELECT j.id, j.priority, j.cpu_units, j.memory_mb, j.pending_since FROM jobs j "
+            f"WHERE j.status = 'pending' AND {_NO_LEASE} "
+            "AND (j.rank, j.seq) <= (:rank, :seq) ORDER BY j.rank, j.seq LIMIT :limit"
         ),
         {"rank": rank, "seq": seq, "limit": limit},
     ).all()
@@ -203,8 +214,8 @@ def count_by_status(conn: sa.Connection) -> dict[str, int]:
 def ready_depth_by_priority(conn: sa.Connection) -> dict[str, int]:
     rows = conn.execute(
         sa.text(
-            "SELECT priority, count(*) AS n FROM jobs "
-            "WHERE status = 'pending' AND queued_at IS NULL GROUP BY priority"
+            "SELECT j.priority, count(*) AS n FROM jobs j "
+            f"WHERE j.status = 'pending' AND {_NO_LEASE} GROUP BY j.priority"
         )
     ).all()
     return {r.priority: int(r.n) for r in rows}
@@ -226,94 +237,148 @@ def _candidate(row: Row) -> Candidate:
 def ready_candidates(conn: sa.Connection, limit: int) -> list[tuple[Candidate, int]]:
     """The best-ranked ready jobs without a lease, with their attempts so far.
 
-    Walks ix_jobs_admission in order: cost grows with `limit`, not with the table. The
-    rows are not locked (locking the whole window would write every row of it on every
-    admission); `mark_queued` re-checks each chosen row under its lock instead.
+    The same read as the `taskq_admit` function's (migration 0002): ix_jobs_admission in
+    order, skipping the few admitted jobs by the leases primary key. Cost grows with
+    `limit` plus the number of admitted-but-unclaimed jobs, not with the table.
     """
     rows = conn.execute(
         sa.text(
-            "SELECT id, priority, cpu_units, memory_mb, pending_since, attempts FROM jobs "
-            "WHERE status = 'pending' AND queued_at IS NULL "
-            "ORDER BY rank, seq LIMIT :limit"
+            "SELECT j.id, j.priority, j.cpu_units, j.memory_mb, j.pending_since, j.attempts "
+            f"FROM jobs j WHERE j.status = 'pending' AND {_NO_LEASE} "
+            "ORDER BY j.rank, j.seq LIMIT :limit"
         ),
         {"limit": limit},
     ).all()
     return [(_candidate(r), r.attempts) for r in rows]
 
 
-def mark_queued(conn: sa.Connection, job_ids: Sequence[str], now: datetime) -> set[str]:
-    """Mark chosen jobs admitted; returns those still ready (a cancel may have won)."""
-    rows = conn.execute(
-        sa.text(
-            "UPDATE jobs SET queued_at = :now WHERE id = ANY(:ids) "
-            "AND status = 'pending' AND queued_at IS NULL RETURNING id"
-        ),
-        {"now": now, "ids": list(job_ids)},
-    ).all()
-    return {r.id for r in rows}
-
-
 # --- execution ------------------------------------------------------------------------
 
 
-def claim_attempt(conn: sa.Connection, job_id: str, attempt: int, now: datetime) -> Row | None:
-    """pending -> running for exactly this attempt; None when it is not ours to run."""
-    return conn.execute(
-        sa.text(
-            "UPDATE jobs SET status = 'running', attempts = :attempt, started_at = :now, "
-            "rank = NULL, pending_since = NULL "
-            "WHERE id = :id AND status = 'pending' AND queued_at IS NOT NULL "
-            "AND attempts = :attempt - 1 RETURNING *"
-        ),
-        {"id": job_id, "attempt": attempt, "now": now},
-    ).first()
+@dataclass(frozen=True)
+class ClaimedAttempt:
+    """What the worker needs to run a claimed attempt: returned by the claim itself."""
+
+    job_id: str
+    attempt: int
+    type: str
+    payload: dict[str, Any]
+    timeout_seconds: float
+    priority: str
+    created_at: datetime
+    pending_since: datetime | None
 
 
-def lock_running(conn: sa.Connection, job_id: str, attempt: int) -> Row | None:
-    return conn.execute(
-        sa.text(
-            "SELECT * FROM jobs WHERE id = :id AND status = 'running' AND attempts = :attempt "
-            "FOR UPDATE"
-        ),
-        {"id": job_id, "attempt": attempt},
-    ).first()
-
-
-def record_outcome(
+def claim_attempts(
     conn: sa.Connection,
-    job_id: str,
-    *,
-    status: str,
-    next_attempt_at: datetime | None,
-    last_error: str | None,
-    cancel_reason: str | None,
-    result: Any,
+    requests: Sequence[tuple[str, int]],
+    worker: str,
+    grace_seconds: float,
     now: datetime,
-) -> None:
-    terminal = status in ("completed", "failed", "cancelled")
-    conn.execute(
+) -> list[ClaimedAttempt]:
+    """pending -> running for exactly these (job, attempt) pairs, each holding an unstarted
+    lease; returns the ones this call claimed (a redelivery, a double publish or a racing
+    worker finds no row). One statement for the whole batch: it starts the leases too.
+
+    The job row's guard (`status = 'pending' AND attempts = attempt - 1`) is re-checked
+    after a concurrent claim commits, so two workers racing for one attempt get one row.
+    """
+    if not requests:
+        return []
+    rows = conn.execute(
         sa.text(
-            "UPDATE jobs SET status = :status, next_attempt_at = :next, "
-            "finished_at = :finished, "
-            "last_error = coalesce(:error, last_error), cancel_reason = :cancel_reason, "
-            "result = CAST(:result AS jsonb) WHERE id = :id AND status = 'running'"
+            "WITH wanted AS (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])) "
+            "  AS w(job_id, attempt)), "
+            "claimed AS (UPDATE jobs j SET status = 'running', attempts = w.attempt, "
+            "  started_at = :now, queued_at = l.granted_at, rank = NULL, pending_since = NULL "
+            "  FROM wanted w JOIN leases l ON l.job_id = w.job_id AND l.attempt = w.attempt "
+            "    AND l.started_at IS NULL "
+            "  WHERE j.id = w.job_id AND j.status = 'pending' AND j.attempts = w.attempt - 1 "
+            "  RETURNING j.id, j.attempts, j.type, j.payload, j.timeout_seconds, j.priority, "
+            "    j.created_at, l.granted_at AS pending_since), "
+            "started AS (UPDATE leases l SET started_at = :now, worker = :worker, "
+            "  expires_at = :now + (c.timeout_seconds + :grace) * interval '1 second' "
+            "  FROM claimed c WHERE l.job_id = c.id AND l.attempt = c.attempts) "
+            "SELECT * FROM claimed"
         ),
         {
-            "status": status,
-            "next": next_attempt_at,
-            "finished": now if terminal else None,
-            "error": last_error,
-            "cancel_reason": cancel_reason,
-            "result": None if result is None else _json(result),
-            "id": job_id,
+            "ids": [job_id for job_id, _ in requests],
+            "attempts": [attempt for _, attempt in requests],
+            "now": now,
+            "worker": worker,
+            "grace": grace_seconds,
+        },
+    ).all()
+    return [
+        ClaimedAttempt(
+            job_id=r.id,
+            attempt=r.attempts,
+            type=r.type,
+            payload=r.payload,
+            timeout_seconds=r.timeout_seconds,
+            priority=r.priority,
+            created_at=r.created_at,
+            pending_since=r.pending_since,
+        )
+        for r in rows
+    ]
+
+
+def lock_running(conn: sa.Connection, attempts: Sequence[tuple[str, int]]) -> dict[str, Row]:
+    """The running rows of these (job, attempt) pairs, locked in id order."""
+    if not attempts:
+        return {}
+    wanted = dict(attempts)
+    rows = conn.execute(
+        sa.text(
+            "SELECT * FROM jobs WHERE id = ANY(:ids) AND status = 'running' ORDER BY id FOR UPDATE"
+        ),
+        {"ids": list(wanted)},
+    ).all()
+    return {r.id: r for r in rows if r.attempts == wanted[r.id]}
+
+
+@dataclass(frozen=True)
+class RecordedOutcome:
+    """One row of `record_outcomes`: a running job's next state."""
+
+    job_id: str
+    status: str
+    next_attempt_at: datetime | None
+    last_error: str | None
+    cancel_reason: str | None
+    result_json: str | None  # already serialised (json.dumps, allow_nan=False)
+
+
+def record_outcomes(
+    conn: sa.Connection, outcomes: Sequence[RecordedOutcome], now: datetime
+) -> None:
+    """running -> completed / retrying / failed / cancelled, one statement for the batch."""
+    if not outcomes:
+        return
+    conn.execute(
+        sa.text(
+            "UPDATE jobs j SET status = o.status, next_attempt_at = o.next_attempt_at, "
+            "  finished_at = CASE WHEN o.status IN ('completed', 'failed', 'cancelled') "
+            "    THEN CAST(:now AS timestamptz) END, "
+            "  last_error = coalesce(o.last_error, j.last_error), "
+            "  cancel_reason = o.cancel_reason, result = CAST(o.result AS jsonb) "
+            "FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), "
+            "  CAST(:next AS timestamptz[]), CAST(:errors AS text[]), "
+            "  CAST(:reasons AS text[]), CAST(:results AS text[])) "
+            "  AS o(id, status, next_attempt_at, last_error, cancel_reason, result) "
+            "WHERE j.id = o.id AND j.status = 'running'"
+        ),
+        {
+            "now": now,
+            "ids": [o.job_id for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "next": [o.next_attempt_at for o in outcomes],
+            "errors": [o.last_error for o in outcomes],
+            "reasons": [o.cancel_reason for o in outcomes],
+            "results": [o.result_json for o in outcomes],
         },
     )
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, default=str)
 
 
 def is_cancel_requested(conn: sa.Connection, job_id: str) -> bool:
@@ -328,32 +393,36 @@ def is_cancel_requested(conn: sa.Connection, job_id: str) -> bool:
 
 
 def unblock_dependents(
-    conn: sa.Connection, job_id: str, now: datetime, aging: float
+    conn: sa.Connection, completed_ids: Sequence[str], now: datetime, aging: float
 ) -> list[StatusChange]:
-    """Decrement the dependents of a completed job; those reaching zero become ready.
+    """Decrement the dependents of completed jobs; those reaching zero become ready.
 
-    Rows are locked in id order so two completions sharing dependents cannot deadlock;
-    the row lock serialises concurrent decrements, so none is lost and exactly one
-    completion sees the count reach zero.
+    A dependent of several of them loses one per completed parent. Rows are locked in id
+    order so two completions sharing dependents cannot deadlock; the row lock serialises
+    concurrent decrements, so none is lost and exactly one completion sees zero.
     """
+    if not completed_ids:
+        return []
     rows = conn.execute(
         sa.text(
-            "WITH targets AS (SELECT j.id FROM job_dependencies d JOIN jobs j ON j.id = d.job_id "
-            "  WHERE d.depends_on = :id AND j.status = 'blocked' ORDER BY j.id FOR UPDATE OF j) "
-            "UPDATE jobs j SET remaining_deps = j.remaining_deps - 1, "
-            "  status = CASE WHEN j.remaining_deps > 1 THEN 'blocked' "
+            "WITH done AS (SELECT d.job_id, count(*) AS n FROM job_dependencies d "
+            "  WHERE d.depends_on = ANY(:ids) GROUP BY d.job_id), "
+            "targets AS (SELECT j.id, done.n FROM jobs j JOIN done ON done.job_id = j.id "
+            "  WHERE j.status = 'blocked' ORDER BY j.id FOR UPDATE OF j) "
+            "UPDATE jobs j SET remaining_deps = j.remaining_deps - t.n, "
+            "  status = CASE WHEN j.remaining_deps > t.n THEN 'blocked' "
             "    WHEN j.run_at > :now THEN 'scheduled' ELSE 'pending' END, "
-            "  next_attempt_at = CASE WHEN j.remaining_deps = 1 AND j.run_at > :now "
+            "  next_attempt_at = CASE WHEN j.remaining_deps = t.n AND j.run_at > :now "
             "    THEN j.run_at END, "
-            "  pending_since = CASE WHEN j.remaining_deps = 1 "
+            "  pending_since = CASE WHEN j.remaining_deps = t.n "
             "    AND NOT coalesce(j.run_at > :now, false) "
             "    THEN CAST(:now AS timestamptz) END, "
-            f"  rank = CASE WHEN j.remaining_deps = 1 AND NOT coalesce(j.run_at > :now, false) "
+            f"  rank = CASE WHEN j.remaining_deps = t.n AND NOT coalesce(j.run_at > :now, false) "
             f"    THEN {RANK_AT_NOW} END "
-            "FROM targets WHERE j.id = targets.id "
+            "FROM targets t WHERE j.id = t.id "
             "RETURNING j.id, j.attempts, 'blocked' AS previous_status, j.status"
         ),
-        {"id": job_id, "now": now, "aging": aging},
+        {"ids": list(completed_ids), "now": now, "aging": aging},
     ).all()
     return [c for c in _changes(rows) if c.status != "blocked"]
 

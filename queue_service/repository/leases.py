@@ -20,62 +20,21 @@ class Lease:
     memory_mb: int
 
 
-def grant_leases(conn: sa.Connection, grants: Sequence[Lease], now: datetime) -> None:
-    if not grants:
-        return
-    conn.execute(
-        sa.insert(leases),
-        [
-            {
-                "job_id": g.job_id,
-                "attempt": g.attempt,
-                "cpu_units": g.cpu_units,
-                "memory_mb": g.memory_mb,
-                "granted_at": now,
-                "published_at": now,
-            }
-            for g in grants
-        ],
-    )
-
-
-def start_lease(
-    conn: sa.Connection, job_id: str, attempt: int, expires_at: datetime, worker: str, now: datetime
-) -> bool:
-    """The worker's claim: the lease now expires if the worker stops renewing it by dying."""
-    result = conn.execute(
+def release_leases(conn: sa.Connection, attempts: Sequence[tuple[str, int | None]]) -> list[Lease]:
+    """Delete the leases of these (job, attempt) pairs (attempt None: whatever attempt the
+    job's lease is for) and return what they held, to be given back to the pool."""
+    if not attempts:
+        return []
+    rows = conn.execute(
         sa.text(
-            "UPDATE leases SET started_at = :now, expires_at = :expires, worker = :worker "
-            "WHERE job_id = :job_id AND attempt = :attempt AND started_at IS NULL"
+            "DELETE FROM leases l USING unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])) "
+            "  AS r(job_id, attempt) "
+            "WHERE l.job_id = r.job_id AND (r.attempt IS NULL OR l.attempt = r.attempt) "
+            "RETURNING l.job_id, l.attempt, l.cpu_units, l.memory_mb"
         ),
-        {"now": now, "expires": expires_at, "worker": worker, "job_id": job_id, "attempt": attempt},
-    )
-    return result.rowcount == 1
-
-
-def holds_lease(conn: sa.Connection, job_id: str, attempt: int) -> bool:
-    return (
-        conn.execute(
-            sa.text("SELECT 1 FROM leases WHERE job_id = :job_id AND attempt = :attempt"),
-            {"job_id": job_id, "attempt": attempt},
-        ).first()
-        is not None
-    )
-
-
-def release_lease(conn: sa.Connection, job_id: str, attempt: int | None = None) -> Lease | None:
-    """Delete the job's lease (of `attempt`, if given) and return what it held."""
-    guard = "" if attempt is None else " AND attempt = :attempt"
-    row = conn.execute(
-        sa.text(
-            f"DELETE FROM leases WHERE job_id = :job_id{guard} "
-            "RETURNING job_id, attempt, cpu_units, memory_mb"
-        ),
-        {"job_id": job_id, "attempt": attempt},
-    ).first()
-    if row is None:
-        return None
-    return Lease(row.job_id, row.attempt, row.cpu_units, row.memory_mb)
+        {"ids": [job_id for job_id, _ in attempts], "attempts": [a for _, a in attempts]},
+    ).all()
+    return [Lease(r.job_id, r.attempt, r.cpu_units, r.memory_mb) for r in rows]
 
 
 def expired_leases(conn: sa.Connection, now: datetime, limit: int = 100) -> list[Lease]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from queue_service.admission import PoolState
+from queue_service.repository.leases import Lease
 
 _POOL_COLUMNS = "cpu_capacity, memory_capacity, cpu_used, memory_used, paused"
 
@@ -41,27 +44,42 @@ def read_pool(conn: sa.Connection) -> PoolState:
     )
 
 
-def take_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> None:
-    """Add to the used counters; the CHECK constraint refuses going past capacity."""
-    conn.execute(
-        sa.text(
-            "UPDATE resource_pool SET cpu_used = cpu_used + :cpu, "
-            "memory_used = memory_used + :mem WHERE id = 1"
-        ),
-        {"cpu": cpu_units, "mem": memory_mb},
-    )
+def admit(
+    conn: sa.Connection,
+    *,
+    now: datetime,
+    window: int,
+    starvation_seconds: float,
+    wait: bool,
+    released: Sequence[Lease] = (),
+) -> list[tuple[str, int, str]]:
+    """Return `released` tokens, then admit the next jobs: one call of `taskq_admit`
+    (migration 0002), the SQL twin of `admission.decide_admission`. The pool row is locked
+    from this statement to the commit, never across a round trip to Python.
 
-
-def return_tokens(conn: sa.Connection, cpu_units: int, memory_mb: int) -> PoolState:
-    """Give tokens back; locks the pool row and returns its new state in one round trip."""
-    row = conn.execute(
+    Returns (job_id, attempt, priority) of each admitted attempt, best ranked first.
+    wait=False skips admission (but never a token return) when another transaction holds
+    the pool.
+    """
+    rows = conn.execute(
         sa.text(
-            "UPDATE resource_pool SET cpu_used = cpu_used - :cpu, "
-            f"memory_used = memory_used - :mem WHERE id = 1 RETURNING {_POOL_COLUMNS}"
+            "SELECT admitted_job_id, admitted_attempt, admitted_priority FROM taskq_admit("
+            "CAST(:now AS timestamptz), :window, :starvation, :wait, "
+            "CAST(:jobs AS text[]), CAST(:attempts AS int[]), CAST(:cpu AS int[]), "
+            "CAST(:memory AS int[]))"
         ),
-        {"cpu": cpu_units, "mem": memory_mb},
-    ).one()
-    return _pool_state(row)
+        {
+            "now": now,
+            "window": window,
+            "starvation": starvation_seconds,
+            "wait": wait,
+            "jobs": [lease.job_id for lease in released],
+            "attempts": [lease.attempt for lease in released],
+            "cpu": [lease.cpu_units for lease in released],
+            "memory": [lease.memory_mb for lease in released],
+        },
+    ).all()
+    return [(r.admitted_job_id, r.admitted_attempt, r.admitted_priority) for r in rows]
 
 
 def set_paused(conn: sa.Connection, paused: bool) -> None:

@@ -105,14 +105,17 @@ def test_admission_candidates_come_from_an_index_scan_without_sort(
     )
     plan = explain_analyze(conn, statement, parameters)
 
-    # Then the plan walks ix_jobs_admission in order and stops at the limit: no sort, no
-    # sequential scan, nothing proportional to the 50,000 ready jobs
+    # Then the plan walks ix_jobs_admission in order, skips admitted jobs by the leases
+    # primary key (an anti-join), and stops at the limit: no sort, no sequential scan,
+    # nothing proportional to the 50,000 ready jobs
     nodes = list(plan_nodes(plan))
     kinds = [node["Node Type"] for node in nodes]
-    assert kinds == ["Limit", "Index Scan"], kinds
-    assert nodes[-1]["Index Name"] == "ix_jobs_admission"
+    assert kinds == ["Limit", "Nested Loop", "Index Scan", "Index Only Scan"], kinds
+    assert nodes[1]["Join Type"] == "Anti"
+    assert nodes[2]["Index Name"] == "ix_jobs_admission"
+    assert nodes[3]["Index Name"] == "leases_pkey"
     assert "Sort" not in kinds and "Seq Scan" not in kinds
-    assert nodes[-1]["Actual Rows"] == ADMISSION_WINDOW  # read no further than the window
+    assert nodes[2]["Actual Rows"] == ADMISSION_WINDOW  # read no further than the window
 
 
 def test_admission_candidates_are_the_best_ranked_in_order(filled: sa.Connection) -> None:
@@ -126,7 +129,8 @@ def test_admission_candidates_are_the_best_ranked_in_order(filled: sa.Connection
     expected = (
         conn.execute(
             sa.text(
-                "SELECT id FROM jobs WHERE status = 'pending' AND queued_at IS NULL "
+                "SELECT id FROM jobs j WHERE status = 'pending' "
+                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.job_id = j.id) "
                 "ORDER BY rank, seq LIMIT :limit"
             ),
             {"limit": ADMISSION_WINDOW},

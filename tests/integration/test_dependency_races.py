@@ -2,7 +2,7 @@
 
 Two parents of one job finishing at the same moment on different workers must neither
 lose a decrement (the child would stay blocked forever) nor enqueue the child twice.
-Each worker's completion is `lifecycle.finish_attempt` in its own transaction; here two
+Each worker's completion is `lifecycle.finish_attempts` in its own transaction; here two
 threads with their own connections play the two worker processes.
 """
 
@@ -11,16 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
 from queue_service.db import in_transaction
-from queue_service.lifecycle import Consequences, cancel_job, finish_attempt
+from queue_service.lifecycle import AttemptEnd, FinishedAttempts, cancel_job, finish_attempts
 from queue_service.repository import jobs as jobs_repo
-from queue_service.repository import leases as leases_repo
 from queue_service.retry_policy import AttemptResult
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch, submit_job
@@ -42,36 +41,30 @@ def _start(engine: sa.Engine, job_id: str) -> None:
     """What a worker's AttemptClaim does: pending (admitted) -> running, lease started."""
 
     def claim(conn: sa.Connection) -> None:
-        now = _now()
-        assert jobs_repo.claim_attempt(conn, job_id, 1, now) is not None, f"{job_id} not claimed"
-        expires = now + timedelta(seconds=60)
-        assert leases_repo.start_lease(conn, job_id, 1, expires, "test-worker", now)
+        claimed = jobs_repo.claim_attempts(conn, [(job_id, 1)], "test-worker", 60, _now())
+        assert [c.job_id for c in claimed] == [job_id], f"{job_id} not claimed"
 
     in_transaction(engine, claim)
 
 
 def _finish(
     engine: sa.Engine, settings: Settings, job_id: str, result: AttemptResult
-) -> Consequences:
+) -> FinishedAttempts:
     """What a worker's completion does after the handler returned: one transaction."""
     error = None if result is AttemptResult.SUCCEEDED else "boom"
     return in_transaction(
         engine,
-        lambda conn: finish_attempt(
+        lambda conn: finish_attempts(
             conn,
             settings,
-            job_id=job_id,
-            attempt=1,
-            result=result,
-            error=error,
-            value=None,
-            now=_now(),
-            dead_letter_message={"job_id": job_id},
+            [AttemptEnd(job_id, 1, result, error)],
+            _now(),
+            lambda job, attempt: {"job_id": job},
         ),
     )
 
 
-def _at_once(*calls: Callable[[], Consequences]) -> list[Consequences]:
+def _at_once(*calls: Callable[[], FinishedAttempts]) -> list[FinishedAttempts]:
     """Run the calls on threads released together by a barrier; re-raise their errors."""
     barrier = threading.Barrier(len(calls))
     results: list[Any] = [None] * len(calls)
@@ -197,19 +190,15 @@ def test_a_completion_waiting_on_the_others_lock_still_sees_its_decrement(
     # When P1's completion has decremented the child but not yet committed,
     with engine.connect() as first:
         first.begin()
-        finish_attempt(
+        finish_attempts(
             first,
             settings,
-            job_id=p1,
-            attempt=1,
-            result=AttemptResult.SUCCEEDED,
-            error=None,
-            value=None,
-            now=_now(),
-            dead_letter_message={},
+            [AttemptEnd(p1, 1, AttemptResult.SUCCEEDED)],
+            _now(),
+            lambda job, attempt: {},
         )
         # and P2's completion runs meanwhile and waits on the child's row lock,
-        second: list[Consequences] = []
+        second: list[FinishedAttempts] = []
         thread = threading.Thread(
             target=lambda: second.append(_finish(engine, settings, p2, AttemptResult.SUCCEEDED))
         )
@@ -265,7 +254,7 @@ def test_a_grandchild_submitted_while_its_ancestor_fails_is_cancelled_too(
         submission.begin()
         submit_job(submission, settings, JobSpec(job_id="d", depends_on=("c",)), _now())
         # and A fails meanwhile: its cascade waits on C until the submission commits
-        failure: list[Consequences] = []
+        failure: list[FinishedAttempts] = []
         thread = threading.Thread(
             target=lambda: failure.append(
                 _finish(engine, settings, "a", AttemptResult.PERMANENT_ERROR)

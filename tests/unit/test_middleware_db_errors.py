@@ -1,4 +1,4 @@
-"""A job message whose lease or claim cannot be checked is skipped, never run unchecked.
+"""A job message whose claim cannot be checked is skipped, never run unchecked.
 
 Dramatiq swallows (logs) any exception other than a MiddlewareError raised before a
 message runs, and then runs the actor: so a database error must become SkipMessage.
@@ -12,61 +12,44 @@ import dramatiq
 import pytest
 from dramatiq.middleware import SkipMessage
 
-from actors.middleware import attempt_claim, resource_tokens
+from actors.middleware import attempt_claim
 from actors.middleware.attempt_claim import AttemptClaim
-from actors.middleware.resource_tokens import ResourceTokens
 from queue_service import names
 
 
-class _Unreachable:
-    """An engine whose every connection attempt fails, like PostgreSQL being down."""
+class _UnreachableWriter:
+    """An attempt writer whose every transaction fails, like PostgreSQL being down."""
 
-    def connect(self) -> Any:
-        raise ConnectionError("PostgreSQL is unreachable")
-
-    def begin(self) -> Any:
+    def claim(self, job_id: str, attempt: int, redelivered: bool) -> Any:
         raise ConnectionError("PostgreSQL is unreachable")
 
 
 class _Runtime:
-    engine = _Unreachable()
+    writer = _UnreachableWriter()
     worker_name = "taskq-worker test"
 
 
-def _job_message() -> dramatiq.Message[Any]:
+def _message(actor_name: str, queue_name: str, args: tuple[Any, ...]) -> dramatiq.Message[Any]:
     return dramatiq.Message(
-        queue_name=names.JOBS_QUEUE,
-        actor_name=names.RUN_JOB_ACTOR,
-        args=("job_x", 1),
-        kwargs={},
-        options={},
+        queue_name=queue_name, actor_name=actor_name, args=args, kwargs={}, options={}
     )
 
 
-@pytest.mark.parametrize(
-    ("module", "middleware"),
-    [(resource_tokens, ResourceTokens()), (attempt_claim, AttemptClaim())],
-)
-def test_database_error_before_a_job_skips_the_message(
-    monkeypatch: pytest.MonkeyPatch, module: Any, middleware: dramatiq.Middleware
-) -> None:
+def test_database_error_before_a_job_skips_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given PostgreSQL cannot be reached
-    monkeypatch.setattr(module, "get_runtime", lambda: _Runtime())
+    monkeypatch.setattr(attempt_claim, "get_runtime", lambda: _Runtime())
 
     # When a job message is about to run, Then it is skipped (not run, not swallowed)
     with pytest.raises(SkipMessage):
-        middleware.before_process_message(None, _job_message())  # type: ignore[arg-type]
+        AttemptClaim().before_process_message(
+            None,  # type: ignore[arg-type]
+            _message(names.RUN_JOB_ACTOR, names.JOBS_QUEUE, ("job_x", 1)),  # type: ignore[arg-type]
+        )
 
 
 def test_other_actors_messages_are_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given PostgreSQL cannot be reached, When the maintenance actor's message runs
-    monkeypatch.setattr(resource_tokens, "get_runtime", lambda: _Runtime())
-    message = dramatiq.Message(
-        queue_name=names.MAINTENANCE_QUEUE,
-        actor_name=names.MAINTENANCE_ACTOR,
-        args=(),
-        kwargs={},
-        options={},
-    )
-    # Then the job middleware leaves it alone
-    ResourceTokens().before_process_message(None, message)  # type: ignore[arg-type]
+    monkeypatch.setattr(attempt_claim, "get_runtime", lambda: _Runtime())
+    message = _message(names.MAINTENANCE_ACTOR, names.MAINTENANCE_QUEUE, ())
+    # Then the claim leaves it alone
+    AttemptClaim().before_process_message(None, message)  # type: ignore[arg-type]
