@@ -6,9 +6,9 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, Retries, ShutdownNotifications
 from periodiq import PeriodiqMiddleware
 
-from actors.runtime import Runtime, install_runtime, process_name
+from actors.runtime import Runtime, install_runtime
 from actors.writer import AttemptWriter
-from queue_service.broker import build_broker
+from queue_service.broker import build_broker, process_name
 from queue_service.db import make_engine
 from queue_service.logging import configure_logging
 from queue_service.repository import pool as pool_repo

@@ -7,8 +7,6 @@ processes, and nothing holds business state: PostgreSQL does.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -39,7 +37,3 @@ def get_runtime() -> Runtime:
     if _runtime is None:
         raise RuntimeError("actors.app.setup() was not called in this process")
     return _runtime
-
-
-def process_name(role: str) -> str:
-    return f"taskq-{role} {socket.gethostname()}:{os.getpid()}"

@@ -6,6 +6,10 @@ are waiting (at once when idle, so an idle worker adds no delay), applies them i
 transaction (`worker_batch.apply_batch`), commits, publishes what the returned tokens
 admitted, and answers every request of the batch. Under load a batch holds the requests
 that arrived during the previous transaction: per-job cost falls as load rises.
+
+The same thread is the process's heartbeat: every `heartbeat_seconds` it renews the leases
+of the attempts this process runs, so they expire `lease_ttl_seconds` after the process
+dies (or hangs), and never while it runs them, however long their handler takes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from queue_service.db import in_transaction
 from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
 from queue_service.publisher import dead_letter_body, publish_admitted
+from queue_service.repository import leases as leases_repo
 from queue_service.repository.jobs import ClaimedAttempt
 from queue_service.retry_policy import Outcome
 from queue_service.settings import Settings
@@ -109,8 +114,15 @@ class AttemptWriter:
     # --- the writer thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        next_heartbeat = time.monotonic()
         while True:
-            first = self._requests.get()
+            if time.monotonic() >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = time.monotonic() + self._settings.heartbeat_seconds
+            try:
+                first = self._requests.get(timeout=max(0.0, next_heartbeat - time.monotonic()))
+            except queue.Empty:
+                continue
             if first is None:
                 return
             batch = [first]
@@ -124,6 +136,16 @@ class AttemptWriter:
                     break
                 batch.append(following)
             self._flush(batch)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of this process's running attempts (see lease_ttl_seconds)."""
+        try:
+            with self._engine.begin() as conn:
+                leases_repo.renew_leases(
+                    conn, self._worker, self._settings.lease_ttl_seconds, datetime.now(UTC)
+                )
+        except sa.exc.DBAPIError as error:  # PostgreSQL away: no lease can expire meanwhile
+            log.warning("heartbeat_failed", error=type(error.orig).__name__)
 
     def _flush(self, batch: list[_Request]) -> None:
         try:

@@ -7,12 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from actors.runtime import process_name
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.routes import admin, dead_letters, health, jobs, scheduler, stats, stream
 from api.stream import EventHub
-from queue_service.broker import build_broker
+from queue_service.broker import build_broker, process_name
 from queue_service.db import make_engine
 from queue_service.logging import configure_logging
 from queue_service.repository import pool as pool_repo

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import dramatiq
@@ -39,6 +41,11 @@ class TaskQueueBroker(RabbitmqBroker):
         result = channel.queue_declare(queue=names.DEAD_LETTER_QUEUE, durable=True)
         channel.queue_bind(queue=names.DEAD_LETTER_QUEUE, exchange=names.DEAD_LETTER_EXCHANGE)
         return result
+
+
+def process_name(role: str) -> str:
+    """`taskq-<role> host:pid`: names this process's RabbitMQ connection and its leases."""
+    return f"taskq-{role} {socket.gethostname()}:{os.getpid()}"
 
 
 def connection_parameters(url: str, connection_name: str) -> dict[str, Any]:

@@ -45,7 +45,11 @@ class Settings(BaseSettings):
     duration_scale: float = Field(default=1.0, ge=0)
 
     # Leases and maintenance
-    lease_grace_seconds: float = Field(default=10.0, ge=0)
+    # A running attempt's lease lives this long after the last heartbeat of its worker
+    # process (every `heartbeat_seconds`): a killed worker's tokens come back within it,
+    # whatever the job's timeout, and a live worker keeps its leases as long as it runs.
+    lease_ttl_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
     republish_after_seconds: float = Field(default=30.0, gt=0)
     maintenance_interval_seconds: float = Field(default=0.5, gt=0)
     cancel_poll_seconds: float = Field(default=0.5, gt=0)

@@ -54,7 +54,7 @@ def apply_batch(
         conn,
         [(c.job_id, c.attempt) for c in claims],
         worker,
-        settings.lease_grace_seconds,
+        settings.lease_ttl_seconds,
         now,
     )
     result.claimed = {(c.job_id, c.attempt): c for c in claimed}

@@ -273,7 +273,7 @@ def claim_attempts(
     conn: sa.Connection,
     requests: Sequence[tuple[str, int]],
     worker: str,
-    grace_seconds: float,
+    lease_ttl_seconds: float,
     now: datetime,
 ) -> list[ClaimedAttempt]:
     """pending -> running for exactly these (job, attempt) pairs, each holding an unstarted
@@ -297,7 +297,7 @@ def claim_attempts(
             "  RETURNING j.id, j.attempts, j.type, j.payload, j.timeout_seconds, j.priority, "
             "    j.created_at, l.granted_at AS pending_since), "
             "started AS (UPDATE leases l SET started_at = :now, worker = :worker, "
-            "  expires_at = :now + (c.timeout_seconds + :grace) * interval '1 second' "
+            "  expires_at = :now + :ttl * interval '1 second' "
             "  FROM claimed c WHERE l.job_id = c.id AND l.attempt = c.attempts) "
             "SELECT * FROM claimed"
         ),
@@ -306,7 +306,7 @@ def claim_attempts(
             "attempts": [attempt for _, attempt in requests],
             "now": now,
             "worker": worker,
-            "grace": grace_seconds,
+            "ttl": lease_ttl_seconds,
         },
     ).all()
     return [

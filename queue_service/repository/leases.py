@@ -37,6 +37,19 @@ def release_leases(conn: sa.Connection, attempts: Sequence[tuple[str, int | None
     return [Lease(r.job_id, r.attempt, r.cpu_units, r.memory_mb) for r in rows]
 
 
+def renew_leases(conn: sa.Connection, worker: str, ttl_seconds: float, now: datetime) -> int:
+    """The heartbeat of a worker process: its running attempts' leases live on. A HOT
+    update of a few narrow rows (expires_at is in no index)."""
+    result = conn.execute(
+        sa.text(
+            "UPDATE leases SET expires_at = :now + :ttl * interval '1 second' "
+            "WHERE worker = :worker AND started_at IS NOT NULL"
+        ),
+        {"now": now, "ttl": ttl_seconds, "worker": worker},
+    )
+    return int(result.rowcount)
+
+
 def expired_leases(conn: sa.Connection, now: datetime, limit: int = 100) -> list[Lease]:
     rows = conn.execute(
         sa.text(
