@@ -135,7 +135,13 @@ class AttemptWriter:
                     self._requests.put(None)  # stop after this batch
                     break
                 batch.append(following)
-            self._flush(batch)
+            try:
+                self._flush(batch)
+            except Exception as error:  # never let the thread die: every thread waits on it
+                log.exception("writer_flush_failed", size=len(batch))
+                for request in batch:
+                    if not request.answer.done():
+                        request.answer.set_exception(error)
 
     def _heartbeat(self) -> None:
         """Renew the leases of this process's running attempts (see lease_ttl_seconds)."""
@@ -144,10 +150,11 @@ class AttemptWriter:
                 leases_repo.renew_leases(
                     conn, self._worker, self._settings.lease_ttl_seconds, datetime.now(UTC)
                 )
-        except sa.exc.DBAPIError as error:  # PostgreSQL away: no lease can expire meanwhile
-            log.warning("heartbeat_failed", error=type(error.orig).__name__)
+        except Exception as error:  # PostgreSQL away: no lease can expire meanwhile either
+            log.warning("heartbeat_failed", error=type(error).__name__)
 
     def _flush(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
         try:
             result = self._apply(batch)
         except sa.exc.DBAPIError as error:
@@ -164,7 +171,15 @@ class AttemptWriter:
             for request in batch:
                 request.answer.set_exception(error)
             return
+        applied = time.perf_counter()
         publish_admitted(self._broker, result.admitted)
+        log.debug(
+            "writer_flush",
+            size=len(batch),
+            admitted=len(result.admitted),
+            transaction_ms=round((applied - started) * 1000, 2),
+            publish_ms=round((time.perf_counter() - applied) * 1000, 2),
+        )
         for request in batch:
             key = (request.item.job_id, request.item.attempt)
             if isinstance(request.item, ClaimRequest):
