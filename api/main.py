@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from actors.runtime import process_name
 from api.deps import AppState
 from api.errors import install_error_handlers
-from api.routes import admin, dead_letters, health, jobs, scheduler, stats, stream
+from api.routes import admin, dead_letters, health, jobs, metrics, scheduler, stats, stream, workers
 from api.stream import EventHub
 from queue_service.broker import build_broker
 from queue_service.db import make_engine
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, stream, dead_letters, scheduler, stats, health, admin):
+    for module in (jobs, stream, dead_letters, scheduler, stats, metrics, workers, health, admin):
         app.include_router(module.router)
     return app
 
