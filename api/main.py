@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from actors.runtime import process_name
 from api.deps import AppState
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # The console's scripts and styles (vendored libraries included: it works offline).
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     for module in (jobs, stream, dead_letters, scheduler, stats, metrics, workers, health, admin):
         app.include_router(module.router)
     return app
