@@ -43,9 +43,9 @@ def test_jobs_list_follows_a_submitted_job_to_completion(
 ) -> None:
     open_console(page, console_product, "jobs")
 
-    job_id = console_product.submit(
-        {"type": "noop", "payload": {"duration_seconds": 1.5}}, **AUTH
-    )["job_id"]
+    job_id = console_product.submit({"type": "noop", "payload": {"duration_seconds": 1.5}}, **AUTH)[
+        "job_id"
+    ]
 
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     expect(row).to_be_visible()
@@ -82,9 +82,7 @@ def test_job_page_links_dependencies_and_renders_text_not_html(
     assert page.locator("img").count() == 0
 
 
-def test_a_dead_letter_is_replayed_from_the_console(
-    page: Page, console_product: Product
-) -> None:
+def test_a_dead_letter_is_replayed_from_the_console(page: Page, console_product: Product) -> None:
     job_id = console_product.submit({"type": "invalid_operation"}, **AUTH)["job_id"]
     console_product.wait_for_status(job_id, "failed")
     letters = console_product.http.get("/dead-letters", headers=AUTH).json()["items"]
@@ -100,9 +98,11 @@ def test_a_dead_letter_is_replayed_from_the_console(
     assert replayed["resolution"] == "replayed"
     # The job ran again (and, being invalid, failed again into a new dead letter).
     wait_until(
-        lambda: console_product.job(job_id)["attempts"] == 1
-        and console_product.job(job_id)["status"] == "failed"
-        and len(console_product.http.get("/dead-letters", headers=AUTH).json()["items"]) == 1,
+        lambda: (
+            console_product.job(job_id)["attempts"] == 1
+            and console_product.job(job_id)["status"] == "failed"
+            and len(console_product.http.get("/dead-letters", headers=AUTH).json()["items"]) == 1
+        ),
         20,
         message="the replayed job to fail again",
     )

@@ -35,9 +35,9 @@ def total(items: Iterable[Sample], name: str, **labels: str) -> float:
 def run_workload(product: Product) -> None:
     ids = [product.submit({"type": "noop"})["job_id"] for _ in range(5)]
     ids.append(
-        product.submit(
-            {"type": "noop", "payload": {"fail_times": 1}, "retry_config": FAST_RETRY}
-        )["job_id"]
+        product.submit({"type": "noop", "payload": {"fail_times": 1}, "retry_config": FAST_RETRY})[
+            "job_id"
+        ]
     )
     ids.append(product.submit({"type": "invalid_operation"})["job_id"])
     jobs = product.wait_all_terminal(ids, timeout=60)
@@ -67,9 +67,11 @@ def test_metrics_count_a_known_workload(start_product: ProductFactory) -> None:
 
     api = samples(
         wait_until(
-            lambda: (r := product.http.get("/metrics")).status_code == 200
-            and "taskq_jobs_finished_total" in r.text
-            and r.text,
+            lambda: (
+                (r := product.http.get("/metrics")).status_code == 200
+                and "taskq_jobs_finished_total" in r.text
+                and r.text
+            ),
             10,
             message="/metrics with job counters",
         )
