@@ -49,7 +49,7 @@ def worker_stale_after(heartbeat_seconds: float) -> timedelta:
 
 def read_overview(conn: sa.Connection, now: datetime, heartbeat_seconds: float) -> Overview:
     ready = jobs_repo.ready_depth_by_priority(conn)
-    active = dict(
+    active: dict[str, int] = dict(
         conn.execute(
             sa.text(
                 "SELECT status, count(*) FROM jobs WHERE status = ANY(:statuses) GROUP BY status"
