@@ -31,6 +31,7 @@ def setup(role: str) -> dramatiq.Broker:
     from actors.middleware.attempt_claim import AttemptClaim
     from actors.middleware.maintenance_ticker import MaintenanceTicker
     from actors.middleware.resource_tokens import ResourceTokens
+    from actors.middleware.worker_heartbeat import WorkerHeartbeat
 
     # Dramatiq's own retries and time limit are replaced: attempts are counted in
     # PostgreSQL (a redelivered message must not reset them) and the time limit cancels
@@ -45,7 +46,7 @@ def setup(role: str) -> dramatiq.Broker:
         AttemptClaim(),
     ]
     if role == "worker":
-        stack.append(MaintenanceTicker())
+        stack += [MaintenanceTicker(), WorkerHeartbeat()]
     for middleware in stack:
         broker.add_middleware(middleware)
 

@@ -8,6 +8,8 @@ into message.fail(): RabbitMQ dead-letters the message through the named exchang
 
 from __future__ import annotations
 
+import time
+
 import dramatiq
 import structlog
 
@@ -35,6 +37,7 @@ def run_job(job_id: str, attempt: int) -> None:
     runtime = get_runtime()
     claimed = claimed_attempt()
     with structlog.contextvars.bound_contextvars(job_id=job_id, attempt=attempt):
+        started = time.monotonic()
         job_type = get_job_type(claimed.type)
         if job_type is None:
             report = AttemptReport(
@@ -55,4 +58,8 @@ def run_job(job_id: str, attempt: int) -> None:
                 runtime.settings.cancel_poll_seconds,
             )
         log.info("attempt_finished", result=report.result.value, error=report.error)
-        complete(AttemptEnd(job_id, attempt, report.result, report.error, report.value))
+        complete(
+            AttemptEnd(job_id, attempt, report.result, report.error, report.value),
+            claimed.type,
+            time.monotonic() - started,
+        )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api.deps import AppState
 from api.errors import install_error_handlers
-from api.routes import admin, dead_letters, health, jobs, scheduler, stats, stream
+from api.routes import admin, dead_letters, health, jobs, metrics, scheduler, stats, stream, workers
 from api.stream import EventHub
 from queue_service.broker import build_broker, process_name
 from queue_service.db import make_engine
@@ -54,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, stream, dead_letters, scheduler, stats, health, admin):
+    # The console's scripts and styles (vendored libraries included: it works offline).
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    for module in (jobs, stream, dead_letters, scheduler, stats, metrics, workers, health, admin):
         app.include_router(module.router)
     return app
 

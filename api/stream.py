@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
-from queue_service import names
+from queue_service import metrics, names
 from queue_service.logging import get_logger
 
 log = get_logger(__name__)
@@ -87,6 +87,7 @@ class EventHub:
                     subscription.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     subscription.dropped += 1
+                    metrics.stream_event_dropped()
 
     async def _listen_forever(self) -> None:
         while True:

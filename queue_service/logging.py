@@ -1,29 +1,82 @@
-"""Structured JSON logs (structlog) with stable event names and bound job context."""
+"""Structured JSON logs (structlog) with stable event names and bound job context.
+
+One format for every line a process writes: the product's own structlog events and the
+stdlib records of uvicorn, Dramatiq, pika and alembic all go through one stdlib handler
+whose structlog `ProcessorFormatter` renders JSON with the same fields: `event`, `level`,
+`timestamp` (ISO-8601, UTC), `logger`, `process` (api, worker, scheduler), `pid`, and
+`job_id` / `attempt` where the line belongs to an attempt.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor
+
+# Libraries whose loggers may carry handlers of their own (uvicorn's log config, the
+# dramatiq CLI): their records must reach the one root handler instead.
+_FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "dramatiq", "periodiq")
+
+
+def _process_fields(process: str) -> Processor:
+    def add(_: Any, __: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("process", process)
+        event_dict["pid"] = os.getpid()
+        return event_dict
+
+    return add
+
+
+def _shared_processors(process: str) -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _process_fields(process),
+    ]
+
+
+def json_formatter(process: str = "api") -> logging.Formatter:
+    """The formatter of every line; also named by api/log_config.json for uvicorn."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(process),
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
 
 
 def configure_logging(level: str = "INFO", *, process: str) -> None:
     """JSON lines on stderr; every line carries `process` (api, worker, scheduler)."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    numeric = logging.getLevelName(level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(json_formatter(process))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in _FOREIGN_LOGGERS:
+        foreign = logging.getLogger(name)
+        foreign.handlers.clear()
+        foreign.propagate = True
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            *_shared_processors(process),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(process=process)
     # pika narrates every connection at INFO; only its problems matter here.
     logging.getLogger("pika").setLevel(logging.WARNING)
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import dramatiq
 import sqlalchemy as sa
 
-from queue_service import names
+from queue_service import metrics, names
 from queue_service.db import in_transaction
 from queue_service.lifecycle import AttemptEnd, finish_attempts, promote_due_jobs
 from queue_service.logging import get_logger
@@ -25,6 +25,7 @@ from queue_service.publisher import (
 )
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import leases as leases_repo
+from queue_service.repository import workers as workers_repo
 from queue_service.retry_policy import AttemptResult
 from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings
@@ -53,6 +54,7 @@ def run_maintenance(
         ).scalar_one()
         if not locked:
             return None
+        workers_repo.record_maintenance_pass(conn, now)
         promoted = promote_due_jobs(conn, settings, now)
         admitted = admit_ready_jobs(conn, settings, now)
         stale = leases_repo.touch_unstarted_for_republish(
@@ -115,6 +117,8 @@ def reclaim_expired_leases(
         log.warning("lease_reclaimed", job_id=lease.job_id, attempt=lease.attempt)
     publish_admitted(broker, finished.admitted)
     for (job_id, attempt), outcome in finished.outcomes.items():
+        # The lease does not carry the job type: counted under type "unknown".
+        metrics.attempt_outcome("unknown", outcome.status, outcome.dead_letter_reason, None)
         if outcome.status is JobStatus.FAILED:
             publish_dead_letter(broker, job_id, attempt, str(outcome.dead_letter_reason), error)
     return len(expired)

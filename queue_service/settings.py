@@ -62,6 +62,19 @@ class Settings(BaseSettings):
     # Logs
     log_level: str = "INFO"
 
+    # Metrics. Every worker process writes a heartbeat row this often; it counts as live
+    # while its last heartbeat is younger than three periods.
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # Each worker process serves its own /metrics on the first free port of
+    # port .. port + worker_processes - 1 (for scrapes across machines); 0 = off.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
+    # prometheus_client's multiprocess directory (its own variable, without TASKQ_): the
+    # api's /metrics then includes every process of this machine. scripts/run.sh sets it.
+    prometheus_multiproc_dir: str | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -191,3 +191,27 @@ sa.Index(
     postgresql_where=sa.text("resolved_at IS NULL"),
 )
 sa.Index("ix_dead_letters_job", dead_letters.c.job_id)
+
+# One row per live worker process, written by its heartbeat (actors/middleware/
+# worker_heartbeat.py): the live-workers view and gauge read it, never the jobs table.
+worker_processes = sa.Table(
+    "worker_processes",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("metrics_port", sa.Integer),
+)
+
+# When the last maintenance pass ran (written by the pass holding the advisory lock, so
+# one writer at a time): `taskq_maintenance_last_pass_age_seconds`.
+maintenance_state = sa.Table(
+    "maintenance_state",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True),
+    sa.Column("last_pass_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("id = 1", name="ck_maintenance_state_singleton"),
+)

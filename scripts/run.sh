@@ -34,7 +34,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 STOP_TIMEOUT="${TASKQ_STOP_TIMEOUT:-15}"
 BIN="$ROOT/.venv/bin"
 
-for tool in uvicorn dramatiq periodiq; do
+for tool in python uvicorn dramatiq periodiq; do
     [ -x "$BIN/$tool" ] || die "$BIN/$tool not found: is it in requirements.txt?"
 done
 
@@ -103,9 +103,17 @@ trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
 trap 'on_signal HUP' HUP
 
-start api "$BIN/uvicorn" api.main:app --host "$TASKQ_API_HOST" --port "$TASKQ_API_PORT"
+# Prometheus multiprocess mode: api and workers write their counters here, and the api's
+# /metrics merges them. Emptied at every start: counters begin at zero with the processes.
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$ROOT/.run/metrics}"
+rm -rf "$PROMETHEUS_MULTIPROC_DIR"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+
+start api "$BIN/uvicorn" api.main:app --host "$TASKQ_API_HOST" --port "$TASKQ_API_PORT" \
+    --log-config "$ROOT/api/log_config.json"
 start worker env dramatiq_queue_prefetch="$TASKQ_WORKER_THREADS" \
-    "$BIN/dramatiq" actors.worker --processes "$TASKQ_WORKER_PROCESSES" --threads "$TASKQ_WORKER_THREADS"
+    "$BIN/python" -m actors.cli actors.worker \
+    --processes "$TASKQ_WORKER_PROCESSES" --threads "$TASKQ_WORKER_THREADS"
 start scheduler env TZ=UTC "$BIN/periodiq" actors.scheduler
 
 BROWSE_HOST="$TASKQ_API_HOST"

@@ -21,6 +21,16 @@ export TASKQ_BROKER_URL="${TASKQ_TEST_BROKER_URL:-amqp://guest:guest@127.0.0.1:5
 
 TASKQ_SKIP_MIGRATIONS=1 bash "$ROOT/scripts/setup.sh"
 
+# The browser tests (tests/browser) drive Debian's chromium headless through Playwright;
+# Playwright's own browser download is never used.
+if [ ! -x /usr/bin/chromium ]; then
+    printf 'test: installing chromium for the browser tests\n'
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null \
+        || printf 'test: WARNING: could not install chromium; the browser tests will fail\n' >&2
+fi
+
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 printf 'test: pytest with TASKQ_DATABASE_URL=%s TASKQ_BROKER_URL=%s\n' "$TASKQ_DATABASE_URL" "$TASKQ_BROKER_URL"
 exec "$ROOT/.venv/bin/pytest" "$@"

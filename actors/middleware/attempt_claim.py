@@ -12,6 +12,7 @@ nothing reads the job again.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -19,7 +20,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from actors.runtime import get_runtime
-from queue_service import names
+from queue_service import metrics, names
 from queue_service.logging import get_logger
 from queue_service.repository.jobs import ClaimedAttempt
 
@@ -73,6 +74,7 @@ class AttemptClaim(dramatiq.Middleware):
             raise SkipMessage()
         _claimed.set(claimed)
         log.info("job_claimed", job_id=job_id, attempt=attempt, worker=runtime.worker_name)
+        metrics.job_started(claimed.priority, _waited(claimed.pending_since))
 
     def after_process_message(
         self,
@@ -90,3 +92,7 @@ class AttemptClaim(dramatiq.Middleware):
 def _redelivered(message: MessageProxy) -> bool:
     delivered = getattr(message, "_message", None)
     return bool(getattr(delivered, "redelivered", False))
+
+
+def _waited(ready_since: datetime | None) -> float | None:
+    return None if ready_since is None else (datetime.now(UTC) - ready_since).total_seconds()

@@ -26,7 +26,7 @@ from api.schemas import (
     RetryConfigIn,
     summary_fields,
 )
-from queue_service import errors
+from queue_service import errors, metrics
 from queue_service.db import in_transaction
 from queue_service.lifecycle import cancel_job
 from queue_service.model import JobStatus, Priority
@@ -93,6 +93,7 @@ def create_job(
 
     accepted, created, admitted = in_transaction(state.engine, work)
     _publish(state, admitted)
+    metrics.jobs_submitted(1 if created else 0)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/jobs/{accepted.job_id}"
     return accepted
@@ -113,6 +114,7 @@ def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
 
     ids, admitted = in_transaction(state.engine, work)
     _publish(state, admitted)
+    metrics.jobs_submitted(len(ids))
     with state.engine.connect() as conn:
         rows = conn.execute(
             sa.text(

@@ -1,15 +1,11 @@
-"""/stats (JSON for people and the admin page) and /metrics (Prometheus)."""
+"""/stats (JSON for people) and /stats/overview (cheap figures for the console)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from fastapi import APIRouter
 
 from api.deps import AppState, State
 from queue_service.model import JobStatus, Priority
@@ -17,6 +13,7 @@ from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import pool as pool_repo
 from queue_service.repository import stats as stats_repo
+from queue_service.repository.overview import read_overview
 
 router = APIRouter(tags=["operations"])
 
@@ -70,47 +67,33 @@ def stats(state: State) -> dict[str, Any]:
     return collect_stats(state)
 
 
-class _StatsCollector(Collector):
-    """Reads PostgreSQL at scrape time, so every API process reports the same truth."""
-
-    def __init__(self, state: AppState) -> None:
-        self._state = state
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        data = collect_stats(self._state)
-        jobs = GaugeMetricFamily("taskq_jobs", "Jobs by status", labels=["status"])
-        for status, n in data["jobs_by_status"].items():
-            jobs.add_metric([status], n)
-        yield jobs
-        ready = GaugeMetricFamily(
-            "taskq_ready_jobs", "Ready jobs waiting for tokens, by priority", labels=["priority"]
-        )
-        for priority, n in data["queue_depth_by_priority"].items():
-            ready.add_metric([priority], n)
-        yield ready
-        tokens = GaugeMetricFamily("taskq_tokens", "Resource tokens", labels=["resource", "state"])
-        for resource, values in data["tokens"].items():
-            for key in ("capacity", "used", "free"):
-                tokens.add_metric([resource, key], values[key])
-        yield tokens
-        yield GaugeMetricFamily(
-            "taskq_dead_letters_open", "Unresolved dead letters", value=data["dead_letters_open"]
-        )
-        yield GaugeMetricFamily(
-            "taskq_completed_last_minute",
-            "Jobs completed in the last 60 s",
-            value=data["throughput"]["completed_last_60s"],
-        )
-        yield GaugeMetricFamily(
-            "taskq_scheduler_paused",
-            "1 when starting jobs is paused",
-            value=int(data["scheduler_paused"]),
-        )
-
-
-@router.get("/metrics", response_class=Response)
-def metrics(state: State) -> Response:
-    """Prometheus text format."""
-    registry = CollectorRegistry()
-    registry.register(_StatsCollector(state))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+@router.get("/stats/overview")
+def overview(state: State) -> dict[str, Any]:
+    """What the console's dashboard refreshes: the token pool, ready jobs by priority, jobs
+    not yet finished by status, open dead letters, live workers, the age of the last
+    maintenance pass. Unlike /stats it never counts finished jobs, so its cost does not
+    grow with history."""
+    now = datetime.now(UTC)
+    with state.engine.connect() as conn:
+        view = read_overview(conn, now, state.settings.worker_heartbeat_seconds)
+    pool = view.pool
+    return {
+        "tokens": {
+            "cpu_units": {
+                "capacity": pool.cpu_capacity,
+                "used": pool.cpu_used,
+                "free": pool.cpu_free,
+            },
+            "memory_mb": {
+                "capacity": pool.memory_capacity,
+                "used": pool.memory_used,
+                "free": pool.memory_free,
+            },
+        },
+        "scheduler_paused": pool.paused,
+        "queue_depth_by_priority": view.ready_by_priority,
+        "active_jobs_by_status": view.active_by_status,
+        "dead_letters_open": view.dead_letters_open,
+        "workers_live": view.live_workers,
+        "maintenance_last_pass_age_seconds": view.maintenance_age_seconds,
+    }

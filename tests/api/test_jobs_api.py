@@ -424,7 +424,7 @@ def test_openapi_documents_every_route_and_the_error_body(product: Product) -> N
     assert product.http.get("/docs").status_code == 200
 
 
-def test_metrics_are_prometheus_text_with_jobs_and_tokens(product: Product) -> None:
+def test_metrics_are_prometheus_text_with_counters_and_pool_gauges(product: Product) -> None:
     # Given two completed jobs
     ids = [product.submit({"type": "noop"})["job_id"] for _ in range(2)]
     product.wait_all_terminal(ids, timeout=30)
@@ -432,17 +432,16 @@ def test_metrics_are_prometheus_text_with_jobs_and_tokens(product: Product) -> N
     # When Prometheus scrapes the api
     response = product.http.get("/metrics")
 
-    # Then it gets the text format with job counts and token gauges
+    # Then it gets the text format: counters, histograms, gauges per unit
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert "# TYPE taskq_jobs gauge" in text
-    assert 'taskq_jobs{status="completed"} 2.0' in text
-    assert 'taskq_jobs{status="failed"} 0.0' in text
-    assert "# TYPE taskq_tokens gauge" in text
+    assert "# TYPE taskq_jobs_finished_total counter" in text
+    assert "# TYPE taskq_job_run_seconds histogram" in text
+    assert "# TYPE taskq_pool_cpu_units gauge" in text
     capacity = product.http.get("/stats").json()["tokens"]["cpu_units"]["capacity"]
-    assert f'taskq_tokens{{resource="cpu_units",state="capacity"}} {float(capacity)}' in text
-    assert 'taskq_tokens{resource="memory_mb",state="used"} 0.0' in text
+    assert f'taskq_pool_cpu_units{{state="capacity"}} {float(capacity)}' in text
+    assert 'taskq_pool_memory_bytes{state="used"} 0.0' in text
 
 
 def test_stats_report_counts_depth_tokens_throughput_and_timings(product: Product) -> None:
@@ -481,13 +480,14 @@ def test_admin_page_is_html(product: Product) -> None:
     # When an operator opens the root page
     response = product.http.get("/")
 
-    # Then it is an HTML page that reads the live stream and the stats
+    # Then it is the console's HTML page, whose script reads the live stream and the stats
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     page = response.text.lower()
     assert "<html" in page
-    assert "/stats" in page
-    assert "/jobs/stream" in page
+    script = product.http.get("/static/console.js").text
+    assert "/stats/overview" in script
+    assert "/jobs/stream" in script
 
 
 def test_cancel_a_waiting_job_then_cancelling_again_conflicts(product: Product) -> None:

@@ -22,7 +22,16 @@ from queue_service.settings import Settings
 from queue_service.tables import metadata
 from tests.conftest import alembic_config
 
-TABLES = {"jobs", "job_dependencies", "job_events", "resource_pool", "leases", "dead_letters"}
+TABLES = {
+    "jobs",
+    "job_dependencies",
+    "job_events",
+    "resource_pool",
+    "leases",
+    "dead_letters",
+    "worker_processes",
+    "maintenance_state",
+}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,15 @@ class Product:
         assert self.client is not None
         return self.client
 
+    def __post_init__(self) -> None:
+        # prometheus_client's multiprocess mode, as scripts/run.sh runs it: one empty
+        # directory per product, shared by its api and workers.
+        if "PROMETHEUS_MULTIPROC_DIR" not in self.env:
+            metrics_dir = self.log_dir / f"metrics-{self.api_port}"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
     def _spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str] = ()) -> Process:  # type: ignore[assignment]
         log_path = self.log_dir / f"{name}.log"
         env = {**os.environ, **self.env, **dict(extra_env)}
@@ -114,6 +124,8 @@ class Product:
                 "127.0.0.1",
                 "--port",
                 str(self.api_port),
+                "--log-config",
+                str(ROOT / "api" / "log_config.json"),
             ],
         )
         self.client = httpx.Client(base_url=self.base_url, timeout=30)
@@ -134,7 +146,9 @@ class Product:
         process = self._spawn(
             f"{name}-{index}",
             [
-                str(BIN / "dramatiq"),
+                str(BIN / "python"),
+                "-m",
+                "actors.cli",
                 "actors.worker",
                 "--processes",
                 str(processes),
