@@ -41,7 +41,7 @@ from bench.results_file import write_section  # noqa: E402
 
 SYSTEMS = ["dramatiq", "celery", "ours", "ours_single"]
 # Start-up and shutdown of one phase's processes, on top of its timeout, at worst.
-PHASE_OVERHEAD_SECONDS = 60
+PHASE_OVERHEAD_SECONDS = 120
 MIN_PHASE_SECONDS = 20
 
 

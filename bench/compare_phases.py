@@ -219,12 +219,14 @@ def _submit_batches(http: httpx.Client, bodies: list[dict[str, Any]], deadline: 
 def _submit_singles(
     http: httpx.Client, bodies: list[dict[str, Any]], clients: int, deadline: float
 ) -> tuple[int, list[float]]:
+    """One POST /jobs per body from `clients` threads; a non-2xx answer raises."""
+
     def one(body: dict[str, Any]) -> float | None:
         if time.monotonic() > deadline:
             return None
         sent = time.perf_counter()
-        response = http.post("/jobs", json=body)
-        return time.perf_counter() - sent if response.is_success else None
+        http.post("/jobs", json=body).raise_for_status()
+        return time.perf_counter() - sent
 
     with ThreadPoolExecutor(clients) as pool:
         latencies = [t for t in pool.map(one, bodies) if t is not None]
