@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -121,6 +122,8 @@ def describe(step: tuple[int, str, int], result: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    # SIGTERM unwinds like Ctrl-C, so every phase stops the processes it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
     steps = plan(args)
     worst = min(len(steps) * (args.phase_timeout + PHASE_OVERHEAD_SECONDS), args.time_limit)

@@ -103,9 +103,8 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
         "-> last finished, workers already running; median of "
         f"{args.reps} repetitions (min-max), alternated in one run. Token pool "
         f"{services.POOL_CPU_UNITS:,} CPU units / {services.POOL_MEMORY_MB:,} MB, so that it is "
-        "never the cap: tokens are granted at admission, before a worker takes the job, and "
-        f"this pool holds every job of a run at once (1 unit / 128 MB each; {_pool_peak(report)}"
-        "). Prefetch 8 per worker "
+        "not the cap: the 16 threads run at most 16 jobs (1 unit / 128 MB each) while up to "
+        f"1,024 are admitted ahead of them ({_pool_peak(report)}). Prefetch 8 per worker "
         "process for Dramatiq and ours; Celery prefetch multiplier 1. † = at least one "
         "repetition did not drain within its timeout (partial rate).",
         "",
