@@ -25,7 +25,6 @@ from bench.completion_counter import read_counts
 
 PRIORITIES = ["critical", "high", "normal", "low"]
 BATCH_LIMIT = 10_000
-SERVER_GROUPS = {"postgresql": "postgres", "rabbitmq": "beam.smp"}
 Result = dict[str, Any]
 
 
@@ -39,11 +38,12 @@ class CpuMeter:
 
     def __init__(self, sessions: dict[str, set[int]]) -> None:
         self.sessions = sessions
-        self.before = process_cpu.snapshot(sessions, SERVER_GROUPS)
+        self.servers = services.server_pids()
+        self.before = process_cpu.snapshot(sessions, self.servers)
         self.client_before = _self_cpu()
 
     def per_job_ms(self, finished: int) -> dict[str, dict[str, float]]:
-        spent = process_cpu.delta(self.before, process_cpu.snapshot(self.sessions, SERVER_GROUPS))
+        spent = process_cpu.delta(self.before, process_cpu.snapshot(self.sessions, self.servers))
         spent["bench client"] = _self_cpu() - self.client_before
         per_job = {g: (s * 1000 / finished if finished else 0.0) for g, s in spent.items()}
         return {"cpu_seconds": spent, "cpu_ms_per_job": per_job}

@@ -153,8 +153,9 @@ def services_packages(versions: dict[str, str]) -> list[str]:
 def _cpu_table(report: dict[str, Any]) -> list[str]:
     lines = [
         "",
-        "CPU milliseconds per job (median; PostgreSQL and RabbitMQ are whole servers, shared "
-        "with other users of this machine):",
+        "CPU milliseconds per job (median; PostgreSQL = postmaster and all its backends, "
+        "RabbitMQ = the node's beam.smp: whole servers, shared with other users of this "
+        "machine):",
         "",
         "| run | " + " | ".join(CPU_GROUPS) + " |",
         "|---" * (len(CPU_GROUPS) + 1) + "|",

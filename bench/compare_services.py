@@ -63,6 +63,16 @@ def rabbitmq_versions() -> dict[str, str]:
     }
 
 
+def server_pids() -> dict[str, int]:
+    """The shared PostgreSQL postmaster and RabbitMQ node (beam.smp) of 127.0.0.1."""
+    with psycopg.connect(f"{PG}/postgres") as conn:
+        row = conn.execute("SHOW data_directory").fetchone()
+    postmaster = int((Path(str(row[0] if row else "")) / "postmaster.pid").read_text().split()[0])
+    with httpx.Client(base_url=MANAGEMENT, auth=("guest", "guest"), timeout=10) as mq:
+        node = mq.get("/api/nodes").json()[0]
+    return {"postgresql": postmaster, "rabbitmq": int(node["os_pid"])}
+
+
 def postgres_version() -> str:
     with psycopg.connect(f"{PG}/postgres") as conn:
         row = conn.execute("SHOW server_version").fetchone()
