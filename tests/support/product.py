@@ -170,6 +170,10 @@ class Product:
         )
         return process
 
+    def start_scheduler(self) -> Process:
+        """periodiq with the maintenance schedule, as scripts/run.sh starts it."""
+        return self._spawn("scheduler", [str(BIN / "periodiq"), "actors.scheduler"], {"TZ": "UTC"})
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
