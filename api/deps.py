@@ -8,6 +8,7 @@ from typing import Annotated
 import sqlalchemy as sa
 from fastapi import Depends, Request
 
+from api.group_commit import SubmissionGroups
 from api.stream import EventHub
 from queue_service.broker import TaskQueueBroker
 from queue_service.settings import Settings
@@ -19,6 +20,7 @@ class AppState:
     engine: sa.Engine
     broker: TaskQueueBroker
     hub: EventHub
+    submissions: SubmissionGroups
 
 
 def get_state(request: Request) -> AppState:

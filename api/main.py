@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.deps import AppState
 from api.errors import install_error_handlers
+from api.group_commit import SubmissionGroups
 from api.routes import admin, dead_letters, health, jobs, metrics, scheduler, stats, stream, workers
 from api.stream import EventHub
 from queue_service.broker import build_broker, process_name
@@ -35,10 +36,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pass
         hub = EventHub(settings.database_url)
         hub.start()
-        app.state.taskq = AppState(settings=settings, engine=engine, broker=broker, hub=hub)
+        submissions = SubmissionGroups(engine, settings, broker)
+        submissions.start()
+        app.state.taskq = AppState(
+            settings=settings, engine=engine, broker=broker, hub=hub, submissions=submissions
+        )
         try:
             yield
         finally:
+            await submissions.stop()
             await hub.stop()
             broker.close()
             engine.dispose()

@@ -104,7 +104,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
         f"{args.reps} repetitions (min-max), alternated in one run. Token pool "
         f"{services.POOL_CPU_UNITS:,} CPU units / {services.POOL_MEMORY_MB:,} MB, so that it is "
         "not the cap: the 16 threads run at most 16 jobs (1 unit / 128 MB each) while up to "
-        f"1,024 are admitted ahead of them ({_pool_peak(report)}). Prefetch 8 per worker "
+        f"{services.POOL_CPU_UNITS:,} are admitted ({_pool_peak(report)}). Prefetch 8 per worker "
         "process for Dramatiq and ours; Celery prefetch multiplier 1. † = at least one "
         "repetition did not drain within its timeout (partial rate).",
         "",

@@ -33,12 +33,12 @@ VHOSTS = {
     "celery": "taskq_compare_celery",
 }
 # Sized so the token pool is never what limits throughput: 16 threads run at most 16
-# no-op jobs (1 CPU unit, 128 MB each) while up to 1,024 are admitted ahead of them. A pool
-# holding every job of a run would publish all of them at once, and leases not started
-# within TASKQ_REPUBLISH_AFTER_SECONDS would be published again: a measure of the backlog,
-# not of throughput.
-POOL_CPU_UNITS = 1024
-POOL_MEMORY_MB = 1_048_576
+# no-op jobs (1 CPU unit, 128 MB each) while up to 64 are admitted ahead of them (four per
+# thread: prefetch holds 8 per process). A pool holding far more only lengthens the
+# admitted backlog in RabbitMQ (leases not started within TASKQ_REPUBLISH_AFTER_SECONDS
+# are published again): a measure of the backlog, not of throughput.
+POOL_CPU_UNITS = 64
+POOL_MEMORY_MB = 64 * 128
 THREADS = 8
 SHAPES = [1, 2]  # worker processes, THREADS threads each
 

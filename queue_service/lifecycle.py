@@ -124,9 +124,11 @@ def finish_attempts(
     ends: Sequence[AttemptEnd],
     now: datetime,
     dead_letter_message: Callable[[str, int], dict[str, Any]],
+    other_events: Sequence[events_repo.JobEvent] = (),
 ) -> FinishedAttempts:
     """Record the end of many attempts: outcomes, dependents, dead letters, tokens and the
     admission those tokens allow, in a handful of statements for the whole batch.
+    `other_events` (the batch's claims) are written with the outcomes, in one INSERT.
 
     Guarded by (job_id, status running, attempt): finishing an attempt twice, or one that
     maintenance already reclaimed, changes nothing but a leftover lease.
@@ -134,7 +136,7 @@ def finish_attempts(
     finished = FinishedAttempts()
     running = jobs_repo.lock_running(conn, [(e.job_id, e.attempt) for e in ends])
     rows: list[jobs_repo.RecordedOutcome] = []
-    events: list[events_repo.JobEvent] = []
+    events: list[events_repo.JobEvent] = list(other_events)
     completed: list[str] = []
     dead: list[tuple[str, str, AttemptEnd, Outcome]] = []
     cancelled: list[str] = []

@@ -101,7 +101,7 @@ def reclaim_expired_leases(
     """Attempts whose worker died: their lease expired. Count each attempt as lost, in one
     transaction for all of them, and dead-letter the jobs that had no attempt left."""
     with engine.connect() as conn:
-        expired = leases_repo.expired_leases(conn, now)
+        expired = leases_repo.expired_leases(conn, now, settings.lease_ttl_seconds)
     if not expired:
         return 0
     error = "worker lost: lease expired without the attempt finishing"

@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -174,8 +174,38 @@ def _submitted_event(row: dict[str, Any], now: datetime) -> events_repo.JobEvent
     )
 
 
+def submit_jobs(
+    conn: sa.Connection, settings: Settings, specs: Sequence[JobSpec], now: datetime
+) -> tuple[list[Submitted | errors.TaskQueueError], list[Admitted]]:
+    """Store independent submissions in one transaction (the api's group commit): each
+    gets its own answer (stored, the original of a repeat, or why it was refused), and
+    admission runs once for all of them.
+
+    Every spec must carry its job id already (`with_job_id`): ids are drawn outside any
+    transaction that may be run again, so a retry after a lost commit answer finds the
+    job it stored instead of storing it twice.
+    """
+    answers: list[Submitted | errors.TaskQueueError] = []
+    ready = False
+    for spec in specs:
+        try:
+            submitted, _ = submit_job(conn, settings, spec, now, admit=False)
+        except errors.TaskQueueError as error:  # refused before writing anything
+            answers.append(error)
+            continue
+        answers.append(submitted)
+        ready = ready or (submitted.created and submitted.job.status == "pending")
+    admitted = admit_ready_jobs(conn, settings, now, wait=False) if ready else []
+    return answers, admitted
+
+
+def with_job_id(spec: JobSpec) -> JobSpec:
+    """The spec with its job id: the client's, or a new one."""
+    return spec if spec.job_id is not None else replace(spec, job_id=new_job_id())
+
+
 def submit_job(
-    conn: sa.Connection, settings: Settings, spec: JobSpec, now: datetime
+    conn: sa.Connection, settings: Settings, spec: JobSpec, now: datetime, *, admit: bool = True
 ) -> tuple[Submitted, list[Admitted]]:
     """Store one job, or return the original when this is a repeated submission."""
     check_against_product(spec, settings)
@@ -204,7 +234,9 @@ def submit_job(
     jobs_repo.insert_dependencies(conn, [(job_id, d) for d in dict.fromkeys(spec.depends_on)])
     events_repo.record_events(conn, [_submitted_event(row, now)])
     admitted = (
-        admit_ready_jobs(conn, settings, now, wait=False) if row["status"] == "pending" else []
+        admit_ready_jobs(conn, settings, now, wait=False)
+        if admit and row["status"] == "pending"
+        else []
     )
     job = jobs_repo.get_job(conn, job_id)
     assert job is not None
@@ -227,8 +259,12 @@ def _original(conn: sa.Connection, spec: JobSpec) -> sa.Row[Any] | None:
 
 def submit_batch(
     conn: sa.Connection, settings: Settings, specs: Sequence[JobSpec], now: datetime
-) -> tuple[list[str], list[Admitted]]:
-    """Store a whole batch atomically: validated as one graph, bulk-inserted."""
+) -> tuple[list[dict[str, Any]], list[Admitted]]:
+    """Store a whole batch atomically: validated as one graph, bulk-inserted (COPY).
+
+    Returns the stored rows in the batch's order. Give the specs their ids first
+    (`with_job_id`) when the transaction may be run again.
+    """
     for spec in specs:
         check_against_product(spec, settings)
     ids = [spec.job_id or new_job_id() for spec in specs]
@@ -270,4 +306,4 @@ def submit_batch(
     admitted = (
         admit_ready_jobs(conn, settings, now) if any(r["status"] == "pending" for r in rows) else []
     )
-    return ids, admitted
+    return rows, admitted

@@ -145,7 +145,15 @@ resource_pool = sa.Table(
     sa.Column("cpu_used", sa.Integer, nullable=False, server_default="0"),
     sa.Column("memory_used", sa.Integer, nullable=False, server_default="0"),
     sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    # What the settings ask for; the capacity in force follows as soon as the tokens in
+    # use allow it (taskq_admit applies it), so a lowered capacity is never skipped.
+    sa.Column("cpu_capacity_configured", sa.Integer, nullable=False),
+    sa.Column("memory_capacity_configured", sa.Integer, nullable=False),
     sa.CheckConstraint("id = 1", name="ck_resource_pool_singleton"),
+    sa.CheckConstraint(
+        "cpu_capacity_configured >= 1 AND memory_capacity_configured >= 1",
+        name="ck_resource_pool_configured",
+    ),
     sa.CheckConstraint("cpu_used BETWEEN 0 AND cpu_capacity", name="ck_resource_pool_cpu"),
     sa.CheckConstraint("memory_used BETWEEN 0 AND memory_capacity", name="ck_resource_pool_memory"),
 )

@@ -59,23 +59,22 @@ def apply_batch(
     )
     result.claimed = {(c.job_id, c.attempt): c for c in claimed}
     redelivered = {(c.job_id, c.attempt): c.redelivered for c in claims}
-    events_repo.record_events(
-        conn,
-        [
-            events_repo.transition(
-                c.job_id,
-                c.attempt,
-                JobStatus.PENDING.value,
-                JobStatus.RUNNING.value,
-                now,
-                message=f"attempt {c.attempt} started on {worker}",
-                data={"worker": worker, "redelivered": redelivered[(c.job_id, c.attempt)]},
-            )
-            for c in claimed
-        ],
-    )
-    if ends:
-        finished = finish_attempts(conn, settings, ends, now, dead_letter_message)
-        result.outcomes = finished.outcomes
-        result.admitted = finished.admitted
+    claim_events = [
+        events_repo.transition(
+            c.job_id,
+            c.attempt,
+            JobStatus.PENDING.value,
+            JobStatus.RUNNING.value,
+            now,
+            message=f"attempt {c.attempt} started on {worker}",
+            data={"worker": worker, "redelivered": redelivered[(c.job_id, c.attempt)]},
+        )
+        for c in claimed
+    ]
+    if not ends:
+        events_repo.record_events(conn, claim_events)
+        return result
+    finished = finish_attempts(conn, settings, ends, now, dead_letter_message, claim_events)
+    result.outcomes = finished.outcomes
+    result.admitted = finished.admitted
     return result

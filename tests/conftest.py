@@ -61,10 +61,13 @@ def alembic_config(database_url: str) -> Config:
 
 @pytest.fixture(scope="session")
 def migrated(settings: Settings, engine: sa.Engine) -> None:
-    """A freshly migrated schema, once per test session."""
-    config = alembic_config(settings.database_url)
-    command.downgrade(config, "base")
-    command.upgrade(config, "head")
+    """A freshly migrated schema, once per test session. The old schema is dropped rather
+    than downgraded: a test database left by another version of the migrations must not
+    stop the suite (tests/migrations checks downgrades on a scratch database)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    command.upgrade(alembic_config(settings.database_url), "head")
 
 
 def purge_queues(settings: Settings) -> None:
@@ -96,7 +99,8 @@ def clean_state(migrated: None, settings: Settings, engine: sa.Engine) -> None:
         conn.execute(
             sa.text(
                 "UPDATE resource_pool SET cpu_used = 0, memory_used = 0, paused = false, "
-                "cpu_capacity = :cpu, memory_capacity = :mem"
+                "cpu_capacity = :cpu, memory_capacity = :mem, "
+                "cpu_capacity_configured = :cpu, memory_capacity_configured = :mem"
             ),
             {"cpu": settings.pool_cpu_units, "mem": settings.pool_memory_mb},
         )

@@ -34,7 +34,7 @@ from queue_service.publisher import Admitted, publish_admitted
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import explain_wait
-from queue_service.submission import submit_batch, submit_job
+from queue_service.submission import submit_batch, with_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -57,46 +57,29 @@ def _publish(state: AppState, admitted: list[Admitted]) -> None:
     publish_admitted(state.broker, admitted)
 
 
-def _accepted(conn: sa.Connection, job: Any) -> JobAccepted:
-    position = None
-    if job.status == JobStatus.PENDING and job.queued_at is None:
-        position = jobs_repo.position_in_queue(conn, job.rank, job.seq)
-    return JobAccepted(
-        job_id=job.id,
-        status=job.status,
-        created_at=job.created_at,
-        priority=job.priority,
-        position_in_queue=position,
-    )
-
-
 @router.post(
     "",
     status_code=201,
     response_model=JobAccepted,
     responses={200: {"model": JobAccepted, "description": "a repeated submission: the original"}},
 )
-def create_job(
+async def create_job(
     body: JobCreate,
     state: State,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobAccepted:
     """Submit one job. Repeating a submission (same job_id or idempotency key, same body)
-    returns the original with 200; a different body under the same id or key is a 409."""
+    returns the original with 200; a different body under the same id or key is a 409.
+    Concurrent submissions share one transaction (group commit); each is answered once
+    its job is committed."""
     _check_payload_size(body)
-    spec = body.to_spec(idempotency_key)
-
-    def work(conn: sa.Connection) -> tuple[JobAccepted, bool, list[Admitted]]:
-        submitted, admitted = submit_job(conn, state.settings, spec, _now())
-        return _accepted(conn, submitted.job), submitted.created, admitted
-
-    accepted, created, admitted = in_transaction(state.engine, work)
-    _publish(state, admitted)
-    metrics.jobs_submitted(1 if created else 0)
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/jobs/{accepted.job_id}"
-    return accepted
+    spec = with_job_id(body.to_spec(idempotency_key))
+    answer = await state.submissions.submit(spec)
+    metrics.jobs_submitted(1 if answer.created else 0)
+    response.status_code = 201 if answer.created else 200
+    response.headers["Location"] = f"/jobs/{answer.accepted.job_id}"
+    return answer.accepted
 
 
 @router.post("/batch", status_code=201, response_model=BatchAccepted)
@@ -106,33 +89,25 @@ def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
     it) and nothing of the batch is stored."""
     for index, job in enumerate(body.jobs):
         _check_payload_size(job, index)
-    specs = [job.to_spec() for job in body.jobs]
+    specs = [with_job_id(job.to_spec()) for job in body.jobs]
     now = _now()
 
-    def work(conn: sa.Connection) -> tuple[list[str], list[Admitted]]:
+    def work(conn: sa.Connection) -> tuple[list[dict[str, Any]], list[Admitted]]:
         return submit_batch(conn, state.settings, specs, now)
 
-    ids, admitted = in_transaction(state.engine, work)
+    rows, admitted = in_transaction(state.engine, work)
     _publish(state, admitted)
-    metrics.jobs_submitted(len(ids))
-    with state.engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT id, status, created_at, priority, queued_at FROM jobs WHERE id = ANY(:ids)"
-            ),
-            {"ids": ids},
-        ).all()
-    by_id = {r.id: r for r in rows}
+    metrics.jobs_submitted(len(rows))
     return BatchAccepted(
         items=[
             JobAccepted(
-                job_id=i,
-                status=by_id[i].status,
-                created_at=by_id[i].created_at,
-                priority=by_id[i].priority,
+                job_id=row["id"],
+                status=row["status"],
+                created_at=row["created_at"],
+                priority=row["priority"],
                 position_in_queue=None,
             )
-            for i in ids
+            for row in rows
         ]
     )
 

@@ -8,6 +8,8 @@ one NOTIFY per statement
 - Admission writes only `leases` and the pool row: a ready job is "admitted" while a lease
   row exists, so `ix_jobs_admission` no longer depends on `queued_at` and admission never
   rewrites the wide `jobs` row (the claim sets `queued_at` from the lease).
+- The pool keeps the configured capacity beside the one in force; admission applies it as
+  soon as the tokens in use allow, so lowering the capacity is never silently skipped.
 - `seq` keeps its identity but loses its unique index: nothing looks a job up by it.
 - job_events announce themselves with one trigger call per INSERT statement (a
   transition table), in chunks that fit NOTIFY's 8000-byte payload.
@@ -74,11 +76,25 @@ BEGIN
            AS r(j, a, c, m);
   END IF;
 
+  -- The configured capacity takes effect as soon as the tokens in use allow it (a lower
+  -- capacity waits for running jobs to give theirs back; meanwhile nothing new starts).
+  IF (v_pool.cpu_capacity, v_pool.memory_capacity)
+     IS DISTINCT FROM (v_pool.cpu_capacity_configured, v_pool.memory_capacity_configured) THEN
+    UPDATE resource_pool
+       SET cpu_capacity = CASE WHEN cpu_used <= cpu_capacity_configured
+                               THEN cpu_capacity_configured ELSE cpu_capacity END,
+           memory_capacity = CASE WHEN memory_used <= memory_capacity_configured
+                                  THEN memory_capacity_configured ELSE memory_capacity END
+     WHERE id = 1
+    RETURNING * INTO v_pool;
+  END IF;
+
   IF v_pool.paused THEN
     RETURN;
   END IF;
-  v_cpu_free := v_pool.cpu_capacity - v_pool.cpu_used;
-  v_memory_free := v_pool.memory_capacity - v_pool.memory_used;
+  v_cpu_free := least(v_pool.cpu_capacity, v_pool.cpu_capacity_configured) - v_pool.cpu_used;
+  v_memory_free := least(v_pool.memory_capacity, v_pool.memory_capacity_configured)
+                   - v_pool.memory_used;
 
   -- The best-ranked ready jobs without a lease (ix_jobs_admission, in index order),
   -- read without locks; the chosen ones are re-checked under a lock below.
@@ -184,6 +200,21 @@ END $$
 
 
 def upgrade() -> None:
+    # What the settings ask for; cpu_capacity / memory_capacity follow it as soon as the
+    # tokens in use allow (admission applies it), so a lowered capacity is never skipped.
+    op.add_column("resource_pool", sa.Column("cpu_capacity_configured", sa.Integer()))
+    op.add_column("resource_pool", sa.Column("memory_capacity_configured", sa.Integer()))
+    op.execute(
+        "UPDATE resource_pool SET cpu_capacity_configured = cpu_capacity, "
+        "memory_capacity_configured = memory_capacity"
+    )
+    op.alter_column("resource_pool", "cpu_capacity_configured", nullable=False)
+    op.alter_column("resource_pool", "memory_capacity_configured", nullable=False)
+    op.create_check_constraint(
+        "ck_resource_pool_configured",
+        "resource_pool",
+        "cpu_capacity_configured >= 1 AND memory_capacity_configured >= 1",
+    )
     op.drop_constraint("jobs_seq_key", "jobs", type_="unique")
     op.drop_index(
         "ix_jobs_admission",
@@ -236,3 +267,6 @@ def downgrade() -> None:
         postgresql_where=sa.text("status = 'pending' AND queued_at IS NULL"),
     )
     op.create_unique_constraint("jobs_seq_key", "jobs", ["seq"])
+    op.drop_constraint("ck_resource_pool_configured", "resource_pool", type_="check")
+    op.drop_column("resource_pool", "memory_capacity_configured")
+    op.drop_column("resource_pool", "cpu_capacity_configured")

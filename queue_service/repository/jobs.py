@@ -12,11 +12,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from queue_service.admission import Candidate
 from queue_service.model import Priority
-from queue_service.tables import job_dependencies, jobs, leases
+from queue_service.tables import jobs, leases
 
 Row = sa.Row[Any]
 
@@ -61,16 +62,32 @@ def insert_job_if_new(conn: sa.Connection, row: Mapping[str, Any]) -> bool:
 
 
 def insert_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Bulk insert (one multi-row statement per page of rows)."""
-    if rows:
-        conn.execute(sa.insert(jobs), list(rows))
+    """Bulk insert with COPY (several times faster than multi-row INSERTs); a duplicate
+    id still fails the whole statement, as it must for an atomic batch."""
+    _copy(conn, "jobs", rows)
 
 
 def insert_dependencies(conn: sa.Connection, edges: Sequence[tuple[str, str]]) -> None:
-    if edges:
-        conn.execute(
-            sa.insert(job_dependencies), [{"job_id": j, "depends_on": d} for j, d in edges]
-        )
+    _copy(conn, "job_dependencies", [{"job_id": j, "depends_on": d} for j, d in edges])
+
+
+def _copy(conn: sa.Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """COPY rows (dicts with the same keys) into `table` within the caller's transaction."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([_copyable(row[c]) for c in columns])
+
+
+def _copyable(value: Any) -> Any:
+    """dicts and lists go to jsonb columns."""
+    return Jsonb(value) if isinstance(value, dict | list) else value
 
 
 def find_by_id_or_key(

@@ -50,13 +50,23 @@ def renew_leases(conn: sa.Connection, worker: str, ttl_seconds: float, now: date
     return int(result.rowcount)
 
 
-def expired_leases(conn: sa.Connection, now: datetime, limit: int = 100) -> list[Lease]:
+def expired_leases(
+    conn: sa.Connection, now: datetime, ttl_seconds: float, limit: int = 100
+) -> list[Lease]:
+    """Started leases whose worker stopped renewing them.
+
+    None while PostgreSQL itself has been up for less than one TTL: the heartbeats of
+    live workers failed during its restart too, and they renew within a heartbeat.
+    """
     rows = conn.execute(
         sa.text(
             "SELECT job_id, attempt, cpu_units, memory_mb FROM leases "
-            "WHERE expires_at < :now ORDER BY expires_at LIMIT :limit"
+            "WHERE expires_at < :now "
+            "AND CAST(:now AS timestamptz) > pg_postmaster_start_time() "
+            "  + :ttl * interval '1 second' "
+            "ORDER BY expires_at LIMIT :limit"
         ),
-        {"now": now, "limit": limit},
+        {"now": now, "ttl": ttl_seconds, "limit": limit},
     ).all()
     return [Lease(r.job_id, r.attempt, r.cpu_units, r.memory_mb) for r in rows]
 

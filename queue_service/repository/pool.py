@@ -86,14 +86,17 @@ def set_paused(conn: sa.Connection, paused: bool) -> None:
     conn.execute(sa.text("UPDATE resource_pool SET paused = :p WHERE id = 1"), {"p": paused})
 
 
-def set_capacity(conn: sa.Connection, cpu_units: int, memory_mb: int) -> bool:
-    """Apply the configured capacity unless running jobs already use more than it."""
-    result = conn.execute(
+def set_capacity(conn: sa.Connection, cpu_units: int, memory_mb: int) -> None:
+    """Record the configured capacity and apply it now if the tokens in use allow; if
+    running jobs hold more than a lowered capacity, admission applies it once they have
+    given enough back (and starts nothing new meanwhile)."""
+    conn.execute(
         sa.text(
-            "UPDATE resource_pool SET cpu_capacity = :cpu, memory_capacity = :mem "
-            "WHERE id = 1 AND cpu_used <= :cpu AND memory_used <= :mem "
-            "AND (cpu_capacity, memory_capacity) IS DISTINCT FROM (:cpu, :mem)"
+            "UPDATE resource_pool SET cpu_capacity_configured = :cpu, "
+            "memory_capacity_configured = :mem, "
+            "cpu_capacity = CASE WHEN cpu_used <= :cpu THEN :cpu ELSE cpu_capacity END, "
+            "memory_capacity = CASE WHEN memory_used <= :mem THEN :mem ELSE memory_capacity END "
+            "WHERE id = 1"
         ),
         {"cpu": cpu_units, "mem": memory_mb},
     )
-    return result.rowcount == 1

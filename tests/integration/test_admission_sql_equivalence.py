@@ -35,6 +35,7 @@ def _admit_in_sql(
     conn.execute(
         sa.text(
             "UPDATE resource_pool SET cpu_capacity = :cc, memory_capacity = :mc, "
+            "cpu_capacity_configured = :cc, memory_capacity_configured = :mc, "
             "cpu_used = :cu, memory_used = :mu, paused = :paused"
         ),
         {

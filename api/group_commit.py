@@ -1,0 +1,135 @@
+"""Group commit for `POST /jobs`: concurrent submissions share one transaction.
+
+Each request puts its job on a queue and awaits its answer. One task per api process
+takes whatever is queued (at once when idle, so a lone request waits for nobody), stores
+the group in one transaction in a worker thread (`submission.submit_jobs`), runs
+admission once for the group, commits, publishes what was admitted, and answers every
+request. While one group commits the next one gathers, so under load many requests share
+each commit and each pool-row visit. The durability promise is unchanged: a request is
+answered only after the transaction holding its job committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+
+from api.schemas import JobAccepted
+from queue_service import errors
+from queue_service.broker import TaskQueueBroker
+from queue_service.db import in_transaction
+from queue_service.logging import get_logger
+from queue_service.model import JobStatus
+from queue_service.publisher import publish_admitted
+from queue_service.repository import jobs as jobs_repo
+from queue_service.settings import Settings
+from queue_service.submission import JobSpec, submit_jobs
+
+log = get_logger(__name__)
+
+MAX_GROUP = 256
+
+
+@dataclass(frozen=True)
+class Answer:
+    accepted: JobAccepted
+    created: bool
+
+
+def accepted_job(conn: sa.Connection, job: Any, admitted: bool = False) -> JobAccepted:
+    """The answer to a submission; `position_in_queue` only while it waits for tokens."""
+    position = None
+    if job.status == JobStatus.PENDING and job.queued_at is None and not admitted:
+        position = jobs_repo.position_in_queue(conn, job.rank, job.seq)
+    return JobAccepted(
+        job_id=job.id,
+        status=job.status,
+        created_at=job.created_at,
+        priority=job.priority,
+        position_in_queue=position,
+    )
+
+
+class SubmissionGroups:
+    def __init__(self, engine: sa.Engine, settings: Settings, broker: TaskQueueBroker) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._broker = broker
+        self._queue: asyncio.Queue[tuple[JobSpec, asyncio.Future[Answer]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(self, spec: JobSpec) -> Answer:
+        """Store `spec` (which carries its job id) with whatever else is being submitted."""
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        await self._queue.put((spec, answer))
+        return await answer
+
+    async def _run(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < MAX_GROUP and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                answers = await anyio.to_thread.run_sync(self._store, [spec for spec, _ in group])
+            except Exception as error:  # PostgreSQL unreachable: every request learns it
+                answers = [error] * len(group)
+            for (_, future), answer in zip(group, answers, strict=True):
+                if future.done():  # the client went away
+                    continue
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+    def _store(self, specs: Sequence[JobSpec]) -> list[Answer | Exception]:
+        """One transaction for the group; if it fails as a whole (a constraint a spec
+        broke), each spec is stored on its own so one bad request fails alone."""
+        try:
+            return self._store_together(specs)
+        except sa.exc.DBAPIError as error:
+            if len(specs) == 1 or error.connection_invalidated:
+                raise
+            log.warning("group_commit_split", size=len(specs), error=type(error.orig).__name__)
+            answers: list[Answer | Exception] = []
+            for spec in specs:
+                try:
+                    answers += self._store_together([spec])
+                except Exception as alone:
+                    answers.append(alone)
+            return answers
+
+    def _store_together(self, specs: Sequence[JobSpec]) -> list[Answer | Exception]:
+        now = datetime.now(UTC)
+
+        def work(conn: sa.Connection) -> tuple[list[Answer | Exception], list[Any]]:
+            results, admitted = submit_jobs(conn, self._settings, specs, now)
+            admitted_ids = {a.job_id for a in admitted}
+            answers: list[Answer | Exception] = []
+            for result in results:
+                if isinstance(result, errors.TaskQueueError):
+                    answers.append(result)
+                else:
+                    job = result.job
+                    accepted = accepted_job(conn, job, admitted=job.id in admitted_ids)
+                    answers.append(Answer(accepted, result.created))
+            return answers, admitted
+
+        answers, admitted = in_transaction(self._engine, work)
+        publish_admitted(self._broker, admitted)
+        return answers
