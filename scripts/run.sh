@@ -86,7 +86,7 @@ supervise() {
         setsid "$@" </dev/null &
         pid=$!
         echo "$pid" >"$STATE/$name.pgid"
-        log "started $name (process group $pid): $*" >&3
+        log "$(date +%T) started $name (process group $pid): $*" >&3
         # stop_all may have read the pgid files just before this one was written
         if stopping; then kill -TERM "$pid" 2>/dev/null || true; fi
         status=0
@@ -102,8 +102,8 @@ supervise() {
             failures=0
         fi
         failures=$((failures + 1))
-        log "$name exited ($(describe "$status")) after ${ran} s: restarting in ${delay} s" \
-            "(exit $failures in a row)" >&3
+        log "$(date +%T) $name exited ($(describe "$status")) after ${ran} s:" \
+            "restarting in ${delay} s (exit $failures in a row)" >&3
         pause "$delay"
         delay=$((delay * 2 > RESTART_MAX_DELAY ? RESTART_MAX_DELAY : delay * 2))
     done
