@@ -123,11 +123,6 @@ def test_three_worker_kills_during_a_1000_job_dag(
     )
 
 
-@pytest.mark.xfail(
-    reason="a lease lives for timeout + grace: a killed worker's jobs and tokens come back "
-    "only when the job's timeout has passed (heartbeats not implemented yet)",
-    strict=False,
-)
 def test_a_killed_workers_jobs_come_back_within_seconds_whatever_their_timeout(
     start_supervised: StartProduct, chaos_engine: sa.Engine
 ) -> None:
