@@ -19,6 +19,10 @@ from queue_service.logging import get_logger
 
 log = get_logger(__name__)
 
+# What a 503 tells clients to wait before trying again: PostgreSQL or RabbitMQ restarting
+# is a matter of seconds.
+RETRY_AFTER_SECONDS = 5
+
 STATUS_BY_ERROR: dict[type[errors.TaskQueueError], int] = {
     errors.JobNotFound: 404,
     errors.DeadLetterNotFound: 404,
@@ -60,9 +64,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    """The error envelope; a 503 also says when to retry (`Retry-After`)."""
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
     return JSONResponse(
         status_code=status,
         content={"error": {"code": code, "message": message, "details": details}},
+        headers=headers,
     )
 
 
@@ -96,8 +103,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error.status_code, code, str(error.detail))
 
     @app.exception_handler(sa.exc.OperationalError)
-    async def database_down(request: Request, error: sa.exc.OperationalError) -> JSONResponse:
+    @app.exception_handler(sa.exc.InterfaceError)
+    async def database_down(request: Request, error: sa.exc.DBAPIError) -> JSONResponse:
         log.error("database_unavailable", error=str(error.orig))
+        return error_response(503, "service_unavailable", "PostgreSQL is unreachable")
+
+    @app.exception_handler(sa.exc.TimeoutError)
+    async def database_busy(request: Request, error: sa.exc.TimeoutError) -> JSONResponse:
+        # Every pooled connection is taken (or hangs on a PostgreSQL that went away).
+        log.error("database_pool_exhausted", path=request.url.path)
         return error_response(503, "service_unavailable", "PostgreSQL is unreachable")
 
     @app.exception_handler(sa.exc.DataError)

@@ -3,17 +3,26 @@
 #
 #   bash scripts/run.sh
 #
-# Runs scripts/setup.sh, then starts the API (uvicorn), the workers (dramatiq) and the
-# scheduler (periodiq), each in its own process group, their output prefixed with
-# [api], [worker] and [scheduler]. Ctrl-C (SIGINT) or SIGTERM stops all three: SIGTERM to
-# each service's main process, then SIGKILL to whatever is left in its process group after
-# TASKQ_STOP_TIMEOUT seconds (default 15); a second Ctrl-C kills at once. When any of the
-# three exits, the others are stopped the same way and the script exits non-zero.
+# Runs scripts/setup.sh, then starts the API (uvicorn), TASKQ_WORKER_PROCESSES worker
+# processes (each its own `dramatiq --processes 1`, so that one death does not take its
+# siblings down) and the scheduler (periodiq). Their output is prefixed with [api],
+# [worker-1] ... [worker-N] and [scheduler].
+#
+# Supervision: each service runs in its own process group under its own restart loop.
+# When one exits while the product is not stopping (a crash, the OOM killer's SIGKILL, a
+# dramatiq master shutting down after its worker process died), the others keep running
+# and it is started again after 1 s, 2 s, 4 s ... up to TASKQ_RESTART_MAX_DELAY seconds
+# (default 30); the delay goes back to 1 s once a run lasted TASKQ_RESTART_RESET_SECONDS
+# (default 60). Every exit is logged with its status or signal and the next delay.
+#
+# Ctrl-C (SIGINT) or SIGTERM stops everything: no more restarts, SIGTERM to each service's
+# main process, then SIGKILL to whatever is left in its process group after
+# TASKQ_STOP_TIMEOUT seconds (default 15); a second Ctrl-C kills at once.
 #
 # Environment (besides everything scripts/setup.sh and the product read):
 #   TASKQ_API_HOST (127.0.0.1)  TASKQ_API_PORT (8000)
 #   TASKQ_WORKER_PROCESSES (2)  TASKQ_WORKER_THREADS (8)
-#   TASKQ_STOP_TIMEOUT (15)
+#   TASKQ_STOP_TIMEOUT (15)  TASKQ_RESTART_MAX_DELAY (30)  TASKQ_RESTART_RESET_SECONDS (60)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,60 +41,119 @@ export TASKQ_WORKER_THREADS="${TASKQ_WORKER_THREADS:-8}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 STOP_TIMEOUT="${TASKQ_STOP_TIMEOUT:-15}"
+RESTART_MAX_DELAY="${TASKQ_RESTART_MAX_DELAY:-30}"
+RESTART_RESET_SECONDS="${TASKQ_RESTART_RESET_SECONDS:-60}"
 BIN="$ROOT/.venv/bin"
 
-for tool in python uvicorn dramatiq periodiq; do
-    [ -x "$BIN/$tool" ] || die "$BIN/$tool not found: is it in requirements.txt?"
+for tool in python uvicorn dramatiq periodiq setsid; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "$BIN/$tool" ] ||
+        die "$tool not found: is it in requirements.txt (or util-linux installed)?"
 done
 
-NAMES=()
-PGIDS=()
+# One file per service holding the process group id of its current run, and a flag file
+# that tells the restart loops to stop restarting.
+STATE="$(mktemp -d "${TMPDIR:-/tmp}/taskq-run.XXXXXX")"
+STOPPING="$STATE/stopping"
+MAIN_PID=$$
 FORCE=0
+exec 3>&1 # the restart loops log here, unprefixed
 
-# start NAME COMMAND...: COMMAND in a new process group (its pid is the group id), its
-# stdout and stderr prefixed with [NAME]. The prefixer ignores SIGINT/SIGTERM so that it
-# keeps printing the service's shutdown logs and ends at end of file.
+# describe STATUS: "status N" or "killed by SIGNAME" for a shell exit status.
+describe() {
+    local name
+    if [ "$1" -gt 128 ] && name="$(kill -l "$(($1 - 128))" 2>/dev/null)"; then
+        printf 'killed by SIG%s' "$name"
+    else
+        printf 'status %s' "$1"
+    fi
+}
+
+stopping() { [ -e "$STOPPING" ] || ! kill -0 "$MAIN_PID" 2>/dev/null; }
+
+# pause SECONDS: sleep, but wake up early when the product is stopping.
+pause() {
+    local until=$((SECONDS + $1))
+    while [ "$SECONDS" -lt "$until" ] && ! stopping; do sleep 0.2; done
+}
+
+# supervise NAME COMMAND...: run COMMAND in its own process group (setsid: its pid is the
+# group id) again and again until the product stops, with exponential backoff.
+supervise() {
+    local name="$1" delay=1 failures=0 pid status started ran
+    shift
+    while ! stopping; do
+        started=$SECONDS
+        setsid "$@" </dev/null &
+        pid=$!
+        echo "$pid" >"$STATE/$name.pgid"
+        log "$(date +%T) started $name (process group $pid): $*" >&3
+        # stop_all may have read the pgid files just before this one was written
+        if stopping; then kill -TERM "$pid" 2>/dev/null || true; fi
+        status=0
+        wait "$pid" || status=$?
+        while kill -0 "$pid" 2>/dev/null; do # that wait was interrupted by a signal
+            status=0
+            wait "$pid" || status=$?
+        done
+        stopping && break
+        ran=$((SECONDS - started))
+        if [ "$ran" -ge "$RESTART_RESET_SECONDS" ]; then
+            delay=1
+            failures=0
+        fi
+        failures=$((failures + 1))
+        log "$(date +%T) $name exited ($(describe "$status")) after ${ran} s:" \
+            "restarting in ${delay} s (exit $failures in a row)" >&3
+        pause "$delay"
+        delay=$((delay * 2 > RESTART_MAX_DELAY ? RESTART_MAX_DELAY : delay * 2))
+    done
+}
+
+# start NAME COMMAND...: supervise COMMAND, its output prefixed with [NAME]. The prefixer
+# ignores SIGINT/SIGTERM so that it keeps printing the service's shutdown logs and ends
+# at end of file.
 start() {
     local name="$1"
-    shift
-    set -m
-    ( exec "$@" ) </dev/null 2>&1 | ( trap '' INT TERM HUP; exec sed -u "s/^/[$name] /" ) &
-    PGIDS+=("$(jobs -p %%)")
-    set +m
-    NAMES+=("$name")
-    log "started $name (process group ${PGIDS[-1]}): $*"
+    supervise "$@" 2>&1 | ( trap '' INT TERM HUP; exec sed -u "s/^/[$name] /" ) &
 }
 
 group_alive() { kill -0 -- "-$1" 2>/dev/null; }
 
 stop_all() {
-    local i deadline left
+    local file name pgid deadline left entry
+    local -A signalled=()
+    touch "$STOPPING"
     trap 'FORCE=1' INT TERM HUP
-    for i in "${!PGIDS[@]}"; do
-        if kill -0 "${PGIDS[i]}" 2>/dev/null; then
-            log "stopping ${NAMES[i]} (SIGTERM)"
-            kill -TERM "${PGIDS[i]}" 2>/dev/null || true
-        elif group_alive "${PGIDS[i]}"; then
-            kill -TERM -- "-${PGIDS[i]}" 2>/dev/null || true
-        fi
-    done
     deadline=$((SECONDS + STOP_TIMEOUT))
     while :; do
         left=()
-        for i in "${!PGIDS[@]}"; do
-            if group_alive "${PGIDS[i]}"; then left+=("$i"); fi
+        for file in "$STATE"/*.pgid; do
+            [ -e "$file" ] || continue
+            name="$(basename "$file" .pgid)"
+            pgid="$(<"$file")"
+            group_alive "$pgid" || continue
+            left+=("$name:$pgid")
+            [ -z "${signalled[$pgid]:-}" ] || continue
+            signalled[$pgid]=1
+            if kill -0 "$pgid" 2>/dev/null; then
+                log "stopping $name (SIGTERM)"
+                kill -TERM "$pgid" 2>/dev/null || true
+            else
+                kill -TERM -- "-$pgid" 2>/dev/null || true
+            fi
         done
         [ "${#left[@]}" -gt 0 ] || break
         if [ "$FORCE" -eq 1 ] || [ "$SECONDS" -ge "$deadline" ]; then
-            for i in "${left[@]}"; do
-                log "${NAMES[i]} still running: SIGKILL"
-                kill -KILL -- "-${PGIDS[i]}" 2>/dev/null || true
+            for entry in "${left[@]}"; do
+                log "${entry%%:*} still running: SIGKILL"
+                kill -KILL -- "-${entry##*:}" 2>/dev/null || true
             done
             break
         fi
         sleep 0.2
     done
     wait 2>/dev/null || true
+    rm -rf "$STATE"
     log "all stopped"
 }
 
@@ -111,9 +179,12 @@ mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
 start api "$BIN/uvicorn" api.main:app --host "$TASKQ_API_HOST" --port "$TASKQ_API_PORT" \
     --log-config "$ROOT/api/log_config.json"
-start worker env dramatiq_queue_prefetch="$TASKQ_WORKER_THREADS" \
-    "$BIN/python" -m actors.cli actors.worker \
-    --processes "$TASKQ_WORKER_PROCESSES" --threads "$TASKQ_WORKER_THREADS"
+for ((i = 1; i <= TASKQ_WORKER_PROCESSES; i++)); do
+    # One supervised dramatiq master per worker process: one death takes no sibling down.
+    # Prefetch no more messages than threads, so that priorities are taken in strict order.
+    start "worker-$i" env dramatiq_queue_prefetch="$TASKQ_WORKER_THREADS" \
+        "$BIN/python" -m actors.cli actors.worker --processes 1 --threads "$TASKQ_WORKER_THREADS"
+done
 start scheduler env TZ=UTC "$BIN/periodiq" actors.scheduler
 
 BROWSE_HOST="$TASKQ_API_HOST"
@@ -136,13 +207,11 @@ run:   metrics              $BASE/metrics
 run:   RabbitMQ management  ${MGMT_URL%/} ($MGMT_LOGIN)
 EOF
 
+# The restart loops end only when stopping: one that ended otherwise is a bug of this
+# script, and the product is stopped rather than left half supervised.
 rc=0
 wait -n || rc=$?
-for i in "${!PGIDS[@]}"; do
-    if ! kill -0 "${PGIDS[i]}" 2>/dev/null; then
-        log "${NAMES[i]} exited (status $rc): stopping the others"
-    fi
-done
+log "a restart loop ended (status $rc): stopping everything"
 stop_all
 [ "$rc" -ne 0 ] || rc=1
 exit "$rc"

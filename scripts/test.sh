@@ -11,6 +11,10 @@
 # permissions for the URL's user) when missing; the schema of the test database is the
 # tests' own business (no migration is applied here). Then pytest runs with the
 # configuration in pyproject.toml.
+#
+# The chaos tests (marker `chaos`, tests/chaos: about 5 minutes) are left out unless a
+# marker expression is given: run them with `bash scripts/test.sh -m chaos`. They start
+# their own PostgreSQL and RabbitMQ on free ports and never touch the services above.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,4 +37,8 @@ fi
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 printf 'test: pytest with TASKQ_DATABASE_URL=%s TASKQ_BROKER_URL=%s\n' "$TASKQ_DATABASE_URL" "$TASKQ_BROKER_URL"
-exec "$ROOT/.venv/bin/pytest" "$@"
+MARKERS=(-m "not chaos")
+for arg in "$@"; do
+    case "$arg" in -m | -m*) MARKERS=() ;; esac
+done
+exec "$ROOT/.venv/bin/pytest" "${MARKERS[@]}" "$@"

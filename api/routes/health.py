@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import State
+from api.errors import error_response
 from api.schemas import JobTypePublic, JobTypes
 from queue_service.broker import connection_parameters
 from queue_service.job_types import registered_job_types
@@ -41,12 +42,7 @@ def readyz(state: State) -> JSONResponse:
     ready = all(v == "ok" for v in checks.values())
     if ready:
         return JSONResponse({"status": "ready", "checks": checks})
-    return JSONResponse(
-        status_code=503,
-        content={
-            "error": {"code": "service_unavailable", "message": "not ready", "details": checks}
-        },
-    )
+    return error_response(503, "service_unavailable", "not ready", checks)
 
 
 @router.get("/job-types", response_model=JobTypes, tags=["jobs"])

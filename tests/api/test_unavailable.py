@@ -51,6 +51,7 @@ def without_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pro
 
 def assert_unavailable(response: httpx.Response) -> dict[str, Any]:
     assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
     error: dict[str, Any] = response.json()["error"]
     assert error["code"] == "service_unavailable"
     return error
