@@ -189,7 +189,7 @@ def test_job_modules_are_imported_and_a_broken_one_is_named(
     assert get_job_type("t_from_module") is not None
 
     # and a broken module stops the start with its name in the error
-    with pytest.raises(JobModuleImportError, match="'t_broken_jobs'.*no_such_module_here"):
+    with pytest.raises(JobModuleImportError, match=r"'t_broken_jobs'.*no_such_module_here"):
         load_job_modules("t_good_jobs,t_broken_jobs")
     with pytest.raises(JobModuleImportError, match="'t_missing_jobs'"):
         load_job_modules("t_missing_jobs")
