@@ -180,8 +180,8 @@ def test_a_sync_handler_over_its_time_limit_is_stopped_and_not_run_again(
     # and the worker's thread is free: another job runs right after
     noop = own_product.submit({"type": "noop"})["job_id"]
     assert own_product.wait_for_status(noop, {"completed"}, timeout=10)["status"] == "completed"
-    # and the handler ran once and never got to finish, even after its lease's grace
-    # (TASKQ_LEASE_GRACE_SECONDS=2) and a few maintenance ticks
-    wait_until(lambda: time.monotonic() - started > 4, 10, 0.2, "the lease grace to pass")
+    # and the handler ran once and never got to finish, even after a lease lifetime
+    # (TASKQ_LEASE_TTL_SECONDS=3) and a few maintenance ticks
+    wait_until(lambda: time.monotonic() - started > 5, 10, 0.2, "a lease lifetime to pass")
     assert marks.read_text() == "started\n"
     assert own_product.job(job_id)["attempts"] == 1
