@@ -10,6 +10,7 @@ from actors.runtime import Runtime, install_runtime
 from actors.writer import AttemptWriter
 from queue_service.broker import build_broker, process_name
 from queue_service.db import make_engine
+from queue_service.job_types import load_job_modules
 from queue_service.logging import configure_logging
 from queue_service.repository import pool as pool_repo
 from queue_service.settings import get_settings
@@ -19,6 +20,7 @@ def setup(role: str) -> dramatiq.Broker:
     """Configure this process as `role` ("worker" or "scheduler") and declare the actors."""
     settings = get_settings()
     configure_logging(settings.log_level, process=role)
+    load_job_modules(settings.job_modules)  # TASKQ_JOB_MODULES: registers the job types
     name = process_name(role)
     broker = build_broker(settings, connection_name=name)
     engine = make_engine(settings, pool_size=settings.worker_threads + 2)

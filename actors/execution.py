@@ -1,20 +1,52 @@
 """Running one attempt of a job's handler under its time limit and cancellation.
 
-Handlers are coroutines. The attempt runs in a fresh event loop on the worker thread;
-on timeout or cancellation the coroutine is cancelled, so no work goes on in the
-background (Dramatiq's TimeLimit interrupts threads with an async exception instead,
-which cannot stop a coroutine cleanly and knows nothing of per-job limits).
+Sync handlers run in the worker thread; async handlers run on an event loop that belongs
+to the worker thread, created on its first async job and reused after (not one loop per
+attempt). The attempt monitor (actors/attempt_monitor.py) stops an attempt over its time
+limit or asked to cancel: it sets `ctx.stop_requested` and
+- for an async handler, cancels its task (it stops at its next `await`);
+- for a sync handler, raises `AttemptInterrupted` inside the worker thread, as Dramatiq's
+  TimeLimit does (`PyThreadState_SetAsyncExc`). Code blocked in C (a socket read,
+  `time.sleep`) gets it only when that call returns; cooperative code can watch
+  `ctx.should_stop()` instead. Either way the attempt ends as a timeout or a cancel.
+
+The handler's return value must be JSON (no NaN or infinities), at most 64 KiB encoded;
+anything else fails the job without retry, as does an exception listed in the type's
+`non_retryable` (or a `NonRetryableJobError`). Other exceptions spend an attempt. A
+failure's traceback goes to the job's logs (a `job_log` line at level error) and into
+`AttemptReport.traceback`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import json
+import threading
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from queue_service.job_types import JobContext, JobType, NonRetryableJobError, RetryableJobError
+import pydantic
+
+from actors.attempt_monitor import Watch, get_monitor
+from queue_service.job_context import JobContext
+from queue_service.job_types import JobType, NonRetryableJobError
 from queue_service.retry_policy import AttemptResult
+
+MAX_RESULT_BYTES = 64 * 1024
+MAX_TRACEBACK_CHARS = 16_000
+
+
+class AttemptInterrupted(BaseException):
+    """Raised inside a sync handler's thread to stop it. A BaseException, so that a
+    handler's `except Exception` does not swallow it."""
+
+
+class ResultRejected(Exception):
+    """The handler's return value cannot be stored as the job's result."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +54,14 @@ class AttemptReport:
     result: AttemptResult
     error: str | None = None
     value: Any = None
+    traceback: str | None = None
+
+
+@dataclass
+class _Outcome:
+    value: Any = None
+    error: BaseException | None = None
+    stopped: AttemptResult | None = None
 
 
 def run_attempt(
@@ -33,49 +73,145 @@ def run_attempt(
     poll_seconds: float,
 ) -> AttemptReport:
     """Run the handler to its end, its time limit, or a cancellation request."""
-    return asyncio.run(
-        _run(job_type, payload, context, timeout_seconds, cancel_requested, poll_seconds)
+    try:
+        try:
+            argument = job_type.payload_for_handler(payload)
+        except pydantic.ValidationError as error:
+            report = AttemptReport(
+                AttemptResult.PERMANENT_ERROR,
+                f"the payload does not match job type {job_type.name!r}: {error}",
+            )
+        else:
+            watch = Watch(context, timeout_seconds, cancel_requested, poll_seconds)
+            run = _run_async if job_type.is_async else _run_sync
+            report = _report(job_type, run(job_type, argument, context, watch), timeout_seconds)
+        if report.traceback is not None:
+            context.logger.error(report.error or "failed", traceback=report.traceback)
+    finally:
+        context.close()
+    return report
+
+
+# --- sync handlers: in the worker thread, stopped by an exception raised in it ----------
+
+
+def _raise_in_thread(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Schedule `exception` in the thread (None: withdraw a scheduled one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception else None
     )
 
 
-async def _run(
-    job_type: JobType,
-    payload: Mapping[str, Any],
-    context: JobContext,
-    timeout_seconds: float,
-    cancel_requested: Callable[[], bool],
-    poll_seconds: float,
-) -> AttemptReport:
-    work = asyncio.ensure_future(job_type.handler(payload, context))
-    watcher = asyncio.create_task(_watch_cancellation(cancel_requested, poll_seconds))
-    done, _ = await asyncio.wait(
-        {work, watcher}, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED
-    )
-    watcher.cancel()
-    if work in done:
-        return _report(work)
-    work.cancel()
-    await asyncio.gather(work, watcher, return_exceptions=True)
-    if watcher in done:
+def _run_sync(job_type: JobType, argument: Any, context: JobContext, watch: Watch) -> _Outcome:
+    thread_id = threading.get_ident()
+    watch.interrupt = lambda: _raise_in_thread(thread_id, AttemptInterrupted)
+    monitor = get_monitor()
+    outcome: _Outcome | None = None
+    delivered = False
+    monitor.add(watch)
+    try:
+        # The interrupt may land anywhere until `finish` closes the door: in the handler,
+        # or in this bookkeeping, once at most. Catch it wherever it lands.
+        while True:
+            try:
+                if outcome is None:
+                    try:
+                        outcome = _Outcome(value=job_type.handler(argument, context))
+                    except Exception as error:
+                        outcome = _Outcome(error=error)
+                reason = watch.finish()
+                if reason is not None and not delivered:
+                    _raise_in_thread(thread_id, None)
+                outcome.stopped = reason
+                return outcome
+            except AttemptInterrupted as error:
+                delivered = True
+                if outcome is None:
+                    outcome = _Outcome(error=error)
+    finally:
+        monitor.remove(watch)
+
+
+# --- async handlers: on the worker thread's own event loop, stopped by cancelling -------
+
+_thread_state = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This worker thread's event loop, created once and reused by its later attempts."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_thread_state, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        _thread_state.loop = loop
+    return loop
+
+
+def _run_async(job_type: JobType, argument: Any, context: JobContext, watch: Watch) -> _Outcome:
+    loop = _thread_loop()
+    task = loop.create_task(job_type.handler(argument, context))
+
+    def interrupt() -> None:
+        loop.call_soon_threadsafe(task.cancel)
+
+    watch.interrupt = interrupt
+    monitor = get_monitor()
+    monitor.add(watch)
+    try:
+        # The task's own outcome is read below; here only KeyboardInterrupt and the like.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            loop.run_until_complete(task)
+    finally:
+        reason = watch.finish()
+        monitor.remove(watch)
+        _cancel_leftovers(loop)
+    if task.cancelled():
+        error: BaseException | None = asyncio.CancelledError("the handler was cancelled")
+        return _Outcome(error=error, stopped=reason)
+    error = task.exception()
+    return _Outcome(value=None if error else task.result(), error=error, stopped=reason)
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Tasks the handler started and left running do not leak into the next attempt."""
+    leftovers = asyncio.all_tasks(loop)
+    if leftovers:
+        for task in leftovers:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+def _report(job_type: JobType, outcome: _Outcome, timeout_seconds: float) -> AttemptReport:
+    if outcome.stopped is AttemptResult.TIMEOUT:
+        return AttemptReport(AttemptResult.TIMEOUT, f"timed out after {timeout_seconds:g} s")
+    if outcome.stopped is AttemptResult.CANCELLED:
         return AttemptReport(AttemptResult.CANCELLED, "cancelled while running")
-    return AttemptReport(AttemptResult.TIMEOUT, f"timed out after {timeout_seconds:g} s")
-
-
-def _report(work: asyncio.Task[Any]) -> AttemptReport:
-    error = work.exception()
+    error = outcome.error
     if error is None:
-        return AttemptReport(AttemptResult.SUCCEEDED, value=work.result())
+        try:
+            return AttemptReport(AttemptResult.SUCCEEDED, value=storable_result(outcome.value))
+        except ResultRejected as rejected:
+            return AttemptReport(AttemptResult.PERMANENT_ERROR, str(rejected))
     message = f"{type(error).__name__}: {error}"
-    if isinstance(error, NonRetryableJobError):
-        return AttemptReport(AttemptResult.PERMANENT_ERROR, message)
-    if isinstance(error, RetryableJobError):
-        return AttemptReport(AttemptResult.RETRYABLE_ERROR, message)
-    # An unexpected exception may be transient: it spends an attempt, like a retryable one.
-    return AttemptReport(AttemptResult.RETRYABLE_ERROR, message)
+    formatted = "".join(traceback.format_exception(error))[-MAX_TRACEBACK_CHARS:]
+    if isinstance(error, (NonRetryableJobError, *job_type.non_retryable)):
+        return AttemptReport(AttemptResult.PERMANENT_ERROR, message, traceback=formatted)
+    # Any other exception may be transient: it spends an attempt.
+    return AttemptReport(AttemptResult.RETRYABLE_ERROR, message, traceback=formatted)
 
 
-async def _watch_cancellation(cancel_requested: Callable[[], bool], poll_seconds: float) -> None:
-    while True:
-        await asyncio.sleep(poll_seconds)
-        if await asyncio.to_thread(cancel_requested):
-            return
+def storable_result(value: Any) -> Any:
+    """The value as stored in `jobs.result`: JSON, at most 64 KiB, or ResultRejected."""
+    if isinstance(value, pydantic.BaseModel):
+        value = value.model_dump(mode="json")
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise ResultRejected(f"the result is not storable as JSON: {error}") from None
+    size = len(text.encode())
+    if size > MAX_RESULT_BYTES:
+        raise ResultRejected(f"the result is {size} bytes; the limit is {MAX_RESULT_BYTES}")
+    return json.loads(text)

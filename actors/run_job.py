@@ -18,7 +18,8 @@ from actors.execution import AttemptReport, run_attempt
 from actors.middleware.attempt_claim import claimed_attempt
 from actors.runtime import get_runtime
 from queue_service import names
-from queue_service.job_types import JobContext, get_job_type
+from queue_service.job_context import build_context
+from queue_service.job_types import get_job_type
 from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
 from queue_service.repository import jobs as jobs_repo
@@ -52,7 +53,9 @@ def run_job(job_id: str, attempt: int) -> None:
             report = run_attempt(
                 job_type,
                 claimed.payload,
-                JobContext(job_id, attempt, runtime.settings.duration_scale),
+                build_context(
+                    job_id, attempt, runtime.engine, duration_scale=runtime.settings.duration_scale
+                ),
                 claimed.timeout_seconds,
                 cancel_requested,
                 runtime.settings.cancel_poll_seconds,

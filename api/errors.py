@@ -34,6 +34,7 @@ STATUS_BY_ERROR: dict[type[errors.TaskQueueError], int] = {
     errors.InvalidJob: 422,
     errors.InvalidCursor: 422,
     errors.UnknownJobType: 422,
+    errors.InvalidPayload: 422,
     errors.ExceedsCapacity: 422,
     errors.UnknownDependency: 422,
     errors.DependencyCycle: 422,
@@ -54,7 +55,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {
         "model": ErrorResponse,
         "description": "invalid (`validation_error`, `invalid_cursor`, `unknown_job_type`, "
-        "`exceeds_capacity`, `unknown_dependency`, `dependency_cycle`)",
+        "`invalid_payload`, `exceeds_capacity`, `unknown_dependency`, `dependency_cycle`)",
     },
     503: {
         "model": ErrorResponse,

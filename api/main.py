@@ -16,6 +16,7 @@ from api.routes import admin, dead_letters, health, jobs, metrics, scheduler, st
 from api.stream import EventHub
 from queue_service.broker import build_broker, process_name
 from queue_service.db import make_engine
+from queue_service.job_types import load_job_modules
 from queue_service.logging import configure_logging
 from queue_service.repository import pool as pool_repo
 from queue_service.settings import Settings, get_settings
@@ -24,6 +25,7 @@ from queue_service.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, process="api")
+    load_job_modules(settings.job_modules)  # TASKQ_JOB_MODULES: registers the job types
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

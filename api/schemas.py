@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from queue_service.model import JobStatus, Priority, Resources, RetryConfig
+from queue_service.job_types import submission_defaults
+from queue_service.model import JobStatus, Priority
 from queue_service.submission import JobSpec
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
@@ -33,7 +35,9 @@ class RetryConfigIn(_Strict):
 
 
 class JobCreate(_Strict):
-    """A job submission. Every field is optional."""
+    """A job submission. Every field is optional. `timeout_seconds`, `retry_config` and
+    `resource_requirements` (each field of the latter two) resolve as: the request's
+    value, else the job type's default (GET /job-types), else the global default shown."""
 
     job_id: JobId | None = Field(
         default=None, description="client-chosen id; generated when absent"
@@ -63,23 +67,31 @@ class JobCreate(_Strict):
             raise ValueError("run_at is out of range") from error
 
     def to_spec(self, idempotency_key: str | None = None) -> JobSpec:
-        retry = self.retry_config
+        # Request > type default > global default, field by field.
+        defaults = submission_defaults(self.type)
+        given = self.model_fields_set
+        retry = defaults.retry
+        if "retry_config" in given:
+            retry = replace(
+                retry, **self.retry_config.model_dump(include=self.retry_config.model_fields_set)
+            )
+        resources = defaults.resources
+        if "resource_requirements" in given:
+            requested = self.resource_requirements
+            resources = replace(
+                resources, **requested.model_dump(include=requested.model_fields_set)
+            )
         return JobSpec(
             type=self.type,
             job_id=self.job_id,
             priority=self.priority,
             payload=self.payload,
-            resources=Resources(
-                self.resource_requirements.cpu_units, self.resource_requirements.memory_mb
-            ),
+            resources=resources,
             depends_on=tuple(self.depends_on),
-            retry=RetryConfig(
-                max_attempts=retry.max_attempts,
-                backoff_multiplier=retry.backoff_multiplier,
-                initial_delay_seconds=retry.initial_delay_seconds,
-                max_delay_seconds=max(retry.max_delay_seconds, 0.0),
+            retry=replace(retry, max_delay_seconds=max(retry.max_delay_seconds, 0.0)),
+            timeout_seconds=(
+                self.timeout_seconds if "timeout_seconds" in given else defaults.timeout_seconds
             ),
-            timeout_seconds=self.timeout_seconds,
             run_at=self.run_at,
             idempotency_key=idempotency_key or self.idempotency_key,
         )
@@ -101,6 +113,12 @@ class JobAccepted(BaseModel):
 
 class BatchAccepted(BaseModel):
     items: list[JobAccepted]
+
+
+class JobProgress(BaseModel):
+    fraction: float = Field(ge=0, le=1)
+    message: str
+    at: datetime
 
 
 class JobSummary(BaseModel):
@@ -135,6 +153,9 @@ class JobPublic(JobSummary):
         "insufficient_memory, reserved_for:<job_id>, paused, no_worker"
     )
     result: Any = None
+    progress: JobProgress | None = Field(
+        default=None, description="the latest progress the handler reported, if any"
+    )
 
 
 class JobsPublic(BaseModel):
@@ -158,7 +179,18 @@ class JobLogs(BaseModel):
 class JobTypePublic(BaseModel):
     type: str
     description: str
-    default_duration_seconds: float
+    default_duration_seconds: float | None = Field(
+        description="how long one run usually takes, when the type says"
+    )
+    timeout_seconds: float = Field(description="used when a submission gives none")
+    retry_config: RetryConfigIn = Field(description="used when a submission gives none")
+    resource_requirements: ResourceRequirements = Field(
+        description="used when a submission gives none"
+    )
+    non_retryable: list[str] = Field(description="exceptions that fail the job at once")
+    payload_schema: dict[str, Any] | None = Field(
+        description="JSON Schema of the payload, checked at submission"
+    )
 
 
 class JobTypes(BaseModel):

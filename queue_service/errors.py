@@ -35,6 +35,12 @@ class UnknownJobType(TaskQueueError):
     code = "unknown_job_type"
 
 
+class InvalidPayload(TaskQueueError):
+    """The payload does not match the job type's payload model."""
+
+    code = "invalid_payload"
+
+
 class ExceedsCapacity(TaskQueueError):
     code = "exceeds_capacity"
 

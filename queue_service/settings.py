@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # How many ready jobs, best ranked first, one admission step looks at.
     admission_window: int = Field(default=200, ge=1)
 
+    # Job handlers: comma-separated importable modules that register job types with
+    # @job_type; the api and every worker import them at start.
+    job_modules: str = "queue_service.simulated_jobs"
+
     # Simulated job types: every default duration is multiplied by this.
     duration_scale: float = Field(default=1.0, ge=0)
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from queue_service import errors
 from queue_service.admission import AdmissionPolicy, admission_rank
 from queue_service.dependency_graph import topological_order, validate_batch
-from queue_service.job_types import get_job_type
+from queue_service.job_types import check_payload, get_job_type
 from queue_service.model import Priority, Resources, RetryConfig
 from queue_service.publisher import Admitted
 from queue_service.repository import events as events_repo
@@ -84,6 +84,7 @@ def check_against_product(spec: JobSpec, settings: Settings) -> None:
         raise errors.UnknownJobType(
             f"unknown job type {spec.type!r}; see GET /job-types", {"type": spec.type}
         )
+    check_payload(spec.type, spec.payload)  # the type's payload model, if it has one
     over = {}
     if spec.resources.cpu_units > settings.pool_cpu_units:
         over["cpu_units"] = {

@@ -18,6 +18,7 @@ from alembic.config import Config
 
 from queue_service import names
 from queue_service.broker import connection_parameters
+from queue_service.job_types import load_job_modules
 from queue_service.settings import Settings
 from tests.support.product import ROOT, Product
 
@@ -177,3 +178,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 os.environ.setdefault("TZ", "UTC")
+# In-process submissions (integration tests) need the default job types registered, as the
+# api and workers register them at start.
+load_job_modules(Settings.model_fields["job_modules"].default)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pika
 import sqlalchemy as sa
 from fastapi import APIRouter
@@ -9,9 +11,9 @@ from fastapi.responses import JSONResponse
 
 from api.deps import State
 from api.errors import error_response
-from api.schemas import JobTypePublic, JobTypes
+from api.schemas import JobTypePublic, JobTypes, ResourceRequirements, RetryConfigIn
 from queue_service.broker import connection_parameters
-from queue_service.job_types import registered_job_types
+from queue_service.job_types import JobType, registered_job_types, submission_defaults
 
 router = APIRouter(tags=["health"])
 
@@ -45,15 +47,22 @@ def readyz(state: State) -> JSONResponse:
     return error_response(503, "service_unavailable", "not ready", checks)
 
 
+def _job_type_public(jt: JobType) -> JobTypePublic:
+    defaults = submission_defaults(jt.name)
+    return JobTypePublic(
+        type=jt.name,
+        description=jt.description,
+        default_duration_seconds=jt.default_duration,
+        timeout_seconds=defaults.timeout_seconds,
+        retry_config=RetryConfigIn(**asdict(defaults.retry)),
+        resource_requirements=ResourceRequirements(**asdict(defaults.resources)),
+        non_retryable=[f"{e.__module__}.{e.__qualname__}" for e in jt.non_retryable],
+        payload_schema=jt.payload_model.model_json_schema() if jt.payload_model else None,
+    )
+
+
 @router.get("/job-types", response_model=JobTypes, tags=["jobs"])
 def job_types() -> JobTypes:
-    return JobTypes(
-        items=[
-            JobTypePublic(
-                type=jt.name,
-                description=jt.description,
-                default_duration_seconds=jt.default_duration,
-            )
-            for jt in registered_job_types()
-        ]
-    )
+    """Registered types (TASKQ_JOB_MODULES) with the defaults a submission falls back on:
+    request > type default > global default."""
+    return JobTypes(items=[_job_type_public(jt) for jt in registered_job_types()])

@@ -20,6 +20,7 @@ from api.schemas import (
     JobCreate,
     JobLogEntry,
     JobLogs,
+    JobProgress,
     JobPublic,
     JobsPublic,
     JobSummary,
@@ -33,6 +34,7 @@ from queue_service.model import JobStatus, Priority
 from queue_service.publisher import Admitted, publish_admitted
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
+from queue_service.repository import progress as progress_repo
 from queue_service.scheduling import explain_wait
 from queue_service.submission import submit_batch, with_job_id
 
@@ -135,6 +137,18 @@ def _job_public(conn: sa.Connection, state: AppState, job: Any) -> JobPublic:
         blocked_by=[d for d, status in dependencies if status != JobStatus.COMPLETED],
         waiting_reason=explain_wait(conn, state.settings, job, _now()),
         result=job.result,
+        progress=_progress(conn, job.id),
+    )
+
+
+def _progress(conn: sa.Connection, job_id: str) -> JobProgress | None:
+    latest = progress_repo.latest_progress(conn, job_id)
+    if latest is None:
+        return None
+    return JobProgress(
+        fraction=latest.data.get("fraction", 0.0),
+        message=latest.data.get("message", ""),
+        at=latest.at,
     )
 
 

@@ -29,7 +29,10 @@ def logs(product: Product, job_id: str) -> list[dict[str, Any]]:
 
 
 def last_transition(product: Product, job_id: str) -> tuple[str | None, str]:
-    transitions = [e for e in logs(product, job_id) if e["event"].startswith("job_")]
+    # transitions only (`job_<status>`), not job_log or job_progress lines
+    transitions = [
+        e for e in logs(product, job_id) if e["event"] == f"job_{e['data'].get('status')}"
+    ]
     return transitions[-1]["data"].get("previous_status"), transitions[-1]["data"]["status"]
 
 

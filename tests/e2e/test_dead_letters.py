@@ -79,7 +79,7 @@ def transitions(product: Product, job_id: str) -> list[tuple[str | None, str]]:
     return [
         (e["data"].get("previous_status"), e["data"]["status"])
         for e in items
-        if e["event"].startswith("job_")
+        if e["event"] == f"job_{e['data'].get('status')}"  # transitions only
     ]
 
 

@@ -56,7 +56,7 @@ def _transitions(product: Product, job_id: str) -> list[tuple[str | None, str]]:
     return [
         (e["data"].get("previous_status"), e["data"]["status"])
         for e in logs
-        if e["event"].startswith("job_")
+        if e["event"] == f"job_{e['data'].get('status')}"  # transitions only
     ]
 
 
