@@ -31,13 +31,14 @@ def setup(role: str) -> dramatiq.Broker:
 
     # Imported here so the middleware and the runtime exist before the actors do.
     from actors.middleware.attempt_claim import AttemptClaim
+    from actors.middleware.graceful_shutdown import GracefulShutdown
     from actors.middleware.maintenance_ticker import MaintenanceTicker
     from actors.middleware.resource_tokens import ResourceTokens
     from actors.middleware.worker_heartbeat import WorkerHeartbeat
 
     # Dramatiq's own retries and time limit are replaced: attempts are counted in
-    # PostgreSQL (a redelivered message must not reset them) and the time limit cancels
-    # the job's coroutine (see actors/execution.py). Retries(max_retries=0) only turns a
+    # PostgreSQL (a redelivered message must not reset them) and each job's time limit is
+    # enforced per attempt (actors/attempt_monitor.py). Retries(max_retries=0) only turns a
     # `throws` exception into message.fail(), i.e. a dead letter.
     stack: list[dramatiq.Middleware] = [
         ShutdownNotifications(),
@@ -48,7 +49,7 @@ def setup(role: str) -> dramatiq.Broker:
         AttemptClaim(),
     ]
     if role == "worker":
-        stack += [MaintenanceTicker(), WorkerHeartbeat()]
+        stack += [MaintenanceTicker(), WorkerHeartbeat(), GracefulShutdown()]
     for middleware in stack:
         broker.add_middleware(middleware)
 

@@ -17,8 +17,15 @@ from queue_service.settings import get_settings
 
 
 def main() -> int:
-    configure_logging(get_settings().log_level, process="worker")
-    args = cli.make_argument_parser().parse_args([*sys.argv[1:], "--skip-logging"])
+    settings = get_settings()
+    configure_logging(settings.log_level, process="worker")
+    argv = [*sys.argv[1:], "--skip-logging"]
+    if "--worker-shutdown-timeout" not in argv:
+        # SIGTERM: running attempts get TASKQ_SHUTDOWN_GRACE_SECONDS to finish (then the
+        # GracefulShutdown middleware gives the rest back).
+        grace_ms = str(int(settings.shutdown_grace_seconds * 1000))
+        argv += ["--worker-shutdown-timeout", grace_ms]
+    args = cli.make_argument_parser().parse_args(argv)
     return int(cli.main(args) or 0)
 
 

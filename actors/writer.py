@@ -31,7 +31,7 @@ from queue_service.logging import get_logger
 from queue_service.publisher import dead_letter_body, publish_admitted
 from queue_service.repository import leases as leases_repo
 from queue_service.repository.jobs import ClaimedAttempt
-from queue_service.retry_policy import Outcome
+from queue_service.retry_policy import AttemptResult, Outcome
 from queue_service.settings import Settings
 from queue_service.worker_batch import BatchResult, ClaimRequest, apply_batch
 
@@ -104,6 +104,23 @@ class AttemptWriter:
                 )
                 time.sleep(delay)
         raise RuntimeError("unreachable: the retry schedule is practically endless")
+
+    def give_back_running(self) -> int:
+        """At shutdown: end every attempt this process claimed and has not finished as
+        INTERRUPTED (retried at once, not counted), which returns their tokens."""
+        with self._engine.connect() as conn:
+            running = leases_repo.started_by(conn, self._worker)
+        for job_id, attempt in running:
+            log.warning("attempt_given_back", job_id=job_id, attempt=attempt)
+            self._submit(
+                AttemptEnd(
+                    job_id,
+                    attempt,
+                    AttemptResult.INTERRUPTED,
+                    "the worker shut down before the attempt ended; given back",
+                )
+            )
+        return len(running)
 
     def _submit(self, item: ClaimRequest | AttemptEnd) -> Any:
         self._ensure_started()

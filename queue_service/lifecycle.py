@@ -164,6 +164,7 @@ def finish_attempts(
                 last_error=end.error,
                 cancel_reason="cancelled_by_request" if is_cancel else None,
                 result_json=result_json,
+                extra_attempt=outcome.extra_attempt,
             )
         )
         events.append(_outcome_event(end, outcome, now))

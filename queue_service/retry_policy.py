@@ -24,6 +24,9 @@ class AttemptResult(StrEnum):
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"  # the lease expired: the process died mid-attempt
     CANCELLED = "cancelled"  # the attempt was stopped on a cancel request
+    # The worker shut down (SIGTERM) before the attempt ended within its grace: the
+    # attempt is given back, not counted as a failure (the job gets one more attempt).
+    INTERRUPTED = "interrupted"
 
 
 class DeadLetterReason(StrEnum):
@@ -42,6 +45,7 @@ class Outcome:
     status: JobStatus  # COMPLETED, RETRYING, FAILED or CANCELLED
     next_attempt_at: datetime | None = None
     dead_letter_reason: DeadLetterReason | None = None
+    extra_attempt: bool = False  # the attempt is given back: max_attempts + 1
 
 
 # The reason a job fails when a retryable kind of failure happens on its last attempt.
@@ -49,7 +53,12 @@ _EXHAUSTED_REASONS = {
     AttemptResult.RETRYABLE_ERROR: DeadLetterReason.RETRIES_EXHAUSTED,
     AttemptResult.TIMEOUT: DeadLetterReason.TIMEOUT,
     AttemptResult.WORKER_LOST: DeadLetterReason.WORKER_LOST,
+    AttemptResult.INTERRUPTED: DeadLetterReason.WORKER_LOST,
 }
+
+# The highest max_attempts a job may have (the jobs CHECK constraint): an interrupted
+# attempt is given back by raising the job's budget by one, up to this.
+MAX_ATTEMPTS_LIMIT = 100
 
 
 def retry_delay(config: RetryConfig, attempt: int, jitter: float) -> float:
@@ -77,6 +86,7 @@ def decide_outcome(
     - SUCCEEDED: COMPLETED, even if a cancel was requested meanwhile (the work is done).
     - CANCELLED, or any failure while a cancel was requested: CANCELLED, not dead-lettered.
     - PERMANENT_ERROR: FAILED at once, reason `non_retryable_error`.
+    - INTERRUPTED (worker shutdown): RETRYING now with one more attempt in the budget.
     - RETRYABLE_ERROR, TIMEOUT, WORKER_LOST: RETRYING at `now + retry_delay(...)` while
       attempts remain, else FAILED with reason `retries_exhausted`, `timeout` or
       `worker_lost` respectively.
@@ -85,12 +95,19 @@ def decide_outcome(
         return Outcome(JobStatus.COMPLETED)
     if result is AttemptResult.CANCELLED or cancel_requested:
         return Outcome(JobStatus.CANCELLED)
+    if result is AttemptResult.INTERRUPTED and attempt < MAX_ATTEMPTS_LIMIT:
+        return Outcome(JobStatus.RETRYING, next_attempt_at=now, extra_attempt=True)
     match result:
         case AttemptResult.PERMANENT_ERROR:
             return Outcome(
                 JobStatus.FAILED, dead_letter_reason=DeadLetterReason.NON_RETRYABLE_ERROR
             )
-        case AttemptResult.RETRYABLE_ERROR | AttemptResult.TIMEOUT | AttemptResult.WORKER_LOST:
+        case (
+            AttemptResult.RETRYABLE_ERROR
+            | AttemptResult.TIMEOUT
+            | AttemptResult.WORKER_LOST
+            | AttemptResult.INTERRUPTED
+        ):
             if attempt < config.max_attempts:
                 delay = retry_delay(config, attempt, jitter)
                 return Outcome(JobStatus.RETRYING, next_attempt_at=now + timedelta(seconds=delay))

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # whatever the job's timeout, and a live worker keeps its leases as long as it runs.
     lease_ttl_seconds: float = Field(default=10.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # SIGTERM to a worker: it takes no new message and lets running attempts finish for
+    # this long; those still running then are given back (retried at once, not counted as
+    # a failure) with their tokens, and the process exits.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     republish_after_seconds: float = Field(default=30.0, gt=0)
     maintenance_interval_seconds: float = Field(default=0.5, gt=0)
     cancel_poll_seconds: float = Field(default=0.5, gt=0)

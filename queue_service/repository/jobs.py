@@ -365,6 +365,7 @@ class RecordedOutcome:
     last_error: str | None
     cancel_reason: str | None
     result_json: str | None  # already serialised (json.dumps, allow_nan=False)
+    extra_attempt: bool = False  # an interrupted attempt given back: max_attempts + 1
 
 
 def record_outcomes(
@@ -379,11 +380,12 @@ def record_outcomes(
             "  finished_at = CASE WHEN o.status IN ('completed', 'failed', 'cancelled') "
             "    THEN CAST(:now AS timestamptz) END, "
             "  last_error = coalesce(o.last_error, j.last_error), "
-            "  cancel_reason = o.cancel_reason, result = CAST(o.result AS jsonb) "
+            "  cancel_reason = o.cancel_reason, result = CAST(o.result AS jsonb), "
+            "  max_attempts = j.max_attempts + CASE WHEN o.extra THEN 1 ELSE 0 END "
             "FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), "
             "  CAST(:next AS timestamptz[]), CAST(:errors AS text[]), "
-            "  CAST(:reasons AS text[]), CAST(:results AS text[])) "
-            "  AS o(id, status, next_attempt_at, last_error, cancel_reason, result) "
+            "  CAST(:reasons AS text[]), CAST(:results AS text[]), CAST(:extra AS boolean[])) "
+            "  AS o(id, status, next_attempt_at, last_error, cancel_reason, result, extra) "
             "WHERE j.id = o.id AND j.status = 'running'"
         ),
         {
@@ -394,6 +396,7 @@ def record_outcomes(
             "errors": [o.last_error for o in outcomes],
             "reasons": [o.cancel_reason for o in outcomes],
             "results": [o.result_json for o in outcomes],
+            "extra": [o.extra_attempt for o in outcomes],
         },
     )
 

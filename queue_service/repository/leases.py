@@ -50,6 +50,17 @@ def renew_leases(conn: sa.Connection, worker: str, ttl_seconds: float, now: date
     return int(result.rowcount)
 
 
+def started_by(conn: sa.Connection, worker: str) -> list[tuple[str, int]]:
+    """(job_id, attempt) of the attempts `worker` (one process) claimed and has not ended."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT job_id, attempt FROM leases WHERE worker = :worker AND started_at IS NOT NULL"
+        ),
+        {"worker": worker},
+    ).all()
+    return [(r.job_id, r.attempt) for r in rows]
+
+
 def expired_leases(
     conn: sa.Connection, now: datetime, ttl_seconds: float, limit: int = 100
 ) -> list[Lease]:

@@ -57,10 +57,16 @@ class Process:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        """SIGKILL goes to the whole process group; any other signal to the main process
+        only, as an init system sends it (the dramatiq master forwards it to its worker
+        processes, which treat a second SIGTERM as "kill now")."""
         if self.popen.poll() is not None:
             return
         try:
-            os.killpg(self.popen.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.popen.pid, sig)
+            else:
+                os.kill(self.popen.pid, sig)
             self.popen.wait(timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             with contextlib.suppress(ProcessLookupError):

@@ -147,3 +147,24 @@ def test_dead_letter_reasons_are_the_wire_strings() -> None:
     assert [str(reason) for reason in DeadLetterReason] == [
         "timeout", "retries_exhausted", "non_retryable_error", "worker_lost"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("attempt", [1, 3])
+def test_an_interrupted_attempt_is_given_back_not_counted(attempt: int) -> None:
+    # Given a worker shut down while attempt 1, or the last attempt (3 of 3), still ran
+    outcome = decide_outcome(R.INTERRUPTED, attempt, SCENARIO_5, NOW, 0.1, False)
+
+    # Then the job is retried at once, with one more attempt in its budget
+    assert outcome == Outcome(JobStatus.RETRYING, next_attempt_at=NOW, extra_attempt=True)
+
+
+def test_an_interrupted_attempt_with_a_cancel_requested_is_cancelled() -> None:
+    assert decide_outcome(R.INTERRUPTED, 1, SCENARIO_5, NOW, 0.0, True) == Outcome(
+        JobStatus.CANCELLED
+    )
+
+
+def test_an_interrupted_attempt_at_the_attempt_limit_counts() -> None:
+    config = RetryConfig(max_attempts=100)
+    outcome = decide_outcome(R.INTERRUPTED, 100, config, NOW, 0.0, False)
+    assert outcome == Outcome(JobStatus.FAILED, dead_letter_reason=DeadLetterReason.WORKER_LOST)
