@@ -135,3 +135,28 @@ def validate_batch(
 
 def _cycle_error(cycle: list[str]) -> DependencyCycle:
     return DependencyCycle(f"dependency cycle: {' -> '.join(cycle)}", {"cycle": cycle})
+
+
+def revivable(cancelled: Mapping[str, Mapping[str, str]], revived_root: str) -> list[str]:
+    """Which jobs cancelled by an upstream failure come back when `revived_root` is replayed.
+
+    `cancelled` maps each such descendant of the root to its parents and their statuses.
+    A job comes back only when every parent is back in play: not failed or cancelled, or
+    the replayed root, or itself coming back. A job with another parent still dead stays
+    cancelled (it comes back when that parent is replayed). Returned in id order.
+    """
+    dead = {"failed", "cancelled"}
+    back: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for job_id, parents in cancelled.items():
+            if job_id in back:
+                continue
+            if all(
+                parent == revived_root or parent in back or status not in dead
+                for parent, status in parents.items()
+            ):
+                back.add(job_id)
+                changed = True
+    return sorted(back)

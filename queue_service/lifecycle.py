@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from queue_service import errors
+from queue_service.dependency_graph import revivable
 from queue_service.model import CANCELLABLE_STATUSES, JobStatus, RetryConfig
 from queue_service.publisher import Admitted
 from queue_service.repository import dead_letters as dead_letters_repo
@@ -266,7 +267,9 @@ def replay_dead_letter(
     if change is None:
         raise errors.NotReplayable(f"job {letter.job_id!r} is no longer failed")
     dead_letters_repo.resolve(conn, dead_letter_id, "replayed", now)
-    restored = jobs_repo.restore_upstream_failed(conn, letter.job_id)
+    # Dependents come back only when every dead ancestor is back in play.
+    downstream = jobs_repo.cancelled_downstream(conn, letter.job_id)
+    restored = jobs_repo.restore_cancelled(conn, revivable(downstream, letter.job_id))
     events_repo.record_events(
         conn,
         _transition_events([change], now, message=f"replayed from dead letter {dead_letter_id}")

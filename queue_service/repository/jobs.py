@@ -467,21 +467,50 @@ def cancel_descendants(
     return _changes(rows)
 
 
-def restore_upstream_failed(conn: sa.Connection, root_id: str) -> list[StatusChange]:
-    """Dependents cancelled because `root_id` failed go back to blocked (dead-letter replay)."""
+def cancelled_downstream(conn: sa.Connection, root_id: str) -> dict[str, dict[str, str]]:
+    """The descendants of `root_id` cancelled by an upstream failure or cancel, locked, each
+    with its parents' statuses (for `dependency_graph.revivable`)."""
+    ids = (
+        conn.execute(
+            sa.text(
+                f"{_DESCENDANTS_OF_ROOT} "
+                "SELECT j.id FROM jobs j JOIN descendants USING (id) "
+                "WHERE j.status = 'cancelled' AND j.cancel_reason LIKE 'upstream\\_%' "
+                "ORDER BY j.id FOR UPDATE OF j"
+            ),
+            {"root": root_id},
+        )
+        .scalars()
+        .all()
+    )
+    if not ids:
+        return {}
     rows = conn.execute(
         sa.text(
-            f"{_DESCENDANTS_OF_ROOT}, "
-            "targets AS (SELECT j.id FROM jobs j JOIN descendants USING (id) "
-            "  WHERE j.status = 'cancelled' AND j.cancel_reason = :reason "
-            "  ORDER BY j.id FOR UPDATE OF j) "
+            "SELECT d.job_id, d.depends_on, p.status FROM job_dependencies d "
+            "JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = ANY(:ids)"
+        ),
+        {"ids": list(ids)},
+    ).all()
+    parents: dict[str, dict[str, str]] = {job_id: {} for job_id in ids}
+    for row in rows:
+        parents[row.job_id][row.depends_on] = row.status
+    return parents
+
+
+def restore_cancelled(conn: sa.Connection, job_ids: Sequence[str]) -> list[StatusChange]:
+    """cancelled -> blocked for dependents whose ancestors are back in play (replay)."""
+    if not job_ids:
+        return []
+    rows = conn.execute(
+        sa.text(
             "UPDATE jobs j SET status = 'blocked', cancel_reason = NULL, finished_at = NULL, "
             "  remaining_deps = (SELECT count(*) FROM job_dependencies d JOIN jobs p "
             "    ON p.id = d.depends_on WHERE d.job_id = j.id AND p.status <> 'completed') "
-            "FROM targets WHERE j.id = targets.id "
+            "WHERE j.id = ANY(:ids) AND j.status = 'cancelled' "
             "RETURNING j.id, j.attempts, 'cancelled' AS previous_status, j.status"
         ),
-        {"root": root_id, "reason": f"upstream_failed:{root_id}"},
+        {"ids": list(job_ids)},
     ).all()
     return _changes(rows)
 

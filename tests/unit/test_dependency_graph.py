@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from queue_service.dependency_graph import find_cycle, topological_order, validate_batch
+from queue_service.dependency_graph import find_cycle, revivable, topological_order, validate_batch
 from queue_service.errors import DependencyCycle, DuplicateJobId, UnknownDependency
 
 DEEP = 10_000  # far beyond Python's default recursion limit of 1,000
@@ -166,3 +166,29 @@ def test_validate_batch_rejects(
         validate_batch(jobs, existing_ids)
     assert str(raised.value) == message
     assert getattr(raised.value, "details", None) == details
+
+
+# --- revivable: which cancelled dependents a dead-letter replay brings back ------------
+
+
+def test_a_replay_revives_the_whole_cancelled_subtree() -> None:
+    # A failed; B depends on A, C on B: both were cancelled by A's failure
+    cancelled = {"B": {"A": "pending"}, "C": {"B": "cancelled"}}
+    assert revivable(cancelled, "A") == ["B", "C"]
+
+
+def test_a_dependent_with_another_dead_parent_stays_cancelled() -> None:
+    # D depends on A and B, both failed; A is replayed, B is still failed
+    cancelled = {"D": {"A": "pending", "B": "failed"}, "E": {"D": "cancelled"}}
+    assert revivable(cancelled, "A") == []
+
+
+def test_the_last_dead_parent_replayed_revives_the_dependent() -> None:
+    # A was replayed (now completed), B is replayed now
+    cancelled = {"D": {"A": "completed", "B": "pending"}}
+    assert revivable(cancelled, "B") == ["D"]
+
+
+def test_a_parent_cancelled_by_request_keeps_its_dependents_cancelled() -> None:
+    cancelled = {"D": {"A": "pending", "X": "cancelled"}}
+    assert revivable(cancelled, "A") == []
