@@ -57,11 +57,12 @@ def dependency_order_violations(specs: Sequence[Record], jobs: Mapping[str, Reco
 
 
 def transitions(events: Iterable[Record]) -> list[tuple[str | None, str]]:
-    """The job's status changes, in order, from its log."""
+    """The job's status changes, in order, from its log (`job_<status>` events; a
+    handler's own log lines are other events)."""
     return [
         (e["data"].get("previous_status"), e["data"]["status"])
         for e in events
-        if e["event"].startswith("job_") and "status" in e["data"]
+        if e["event"] == f"job_{e['data'].get('status')}"
     ]
 
 
