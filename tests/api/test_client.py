@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +14,7 @@ from taskq_client import (
     ConnectionFailed,
     Invalid,
     JobEvent,
+    JobRequest,
     NotFound,
     RetryPolicy,
     TaskQueueClient,
@@ -22,11 +24,11 @@ from tests.support.product import Product, free_port
 
 
 @pytest.fixture
-def client(product: Product) -> TaskQueueClient:
+def client(product: Product) -> Iterator[TaskQueueClient]:
     """A client as users build it: from the base URL (and the product's key, if any)."""
     key = product.http.headers.get("Authorization", "").removeprefix("Bearer ") or None
     with TaskQueueClient(product.base_url, api_key=key) as client:
-        yield client  # type: ignore[misc]
+        yield client
 
 
 def test_submit_wait_and_read_a_job(client: TaskQueueClient) -> None:
@@ -53,7 +55,7 @@ def test_a_repeated_submission_returns_the_original(client: TaskQueueClient) -> 
 
 def test_a_batch_with_dependencies_and_the_same_batch_again(client: TaskQueueClient) -> None:
     # Given a batch whose first job depends on the second
-    jobs = [{"job_id": "child", "depends_on": ["parent"]}, {"job_id": "parent"}]
+    jobs: list[JobRequest] = [{"job_id": "child", "depends_on": ["parent"]}, {"job_id": "parent"}]
 
     # When it is submitted, then submitted again as is
     first = client.submit_batch(jobs)
