@@ -3,7 +3,8 @@
 #
 #   bash scripts/setup.sh
 #
-#   (a) Python venv in .venv; `pip install -r requirements.txt` only when that file changed
+#   (a) Python venv in .venv; `pip install -r requirements.txt` only when that file changed,
+#       then the project itself, editable (`pip install -e . --no-deps`: the `taskq` command)
 #   (b) PostgreSQL of TASKQ_DATABASE_URL: used as is if it answers, else started, else installed
 #   (c) the database named in TASKQ_DATABASE_URL, created if missing
 #   (d) RabbitMQ of TASKQ_BROKER_URL: same; management plugin enabled and its API answering;
@@ -117,13 +118,15 @@ setup_venv() {
             die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
     fi
     local want have_stamp=""
-    want="$({ sha256sum requirements.txt; "$VENV_PY" -V; } 2>&1 | sha256sum | cut -d' ' -f1)"
+    want="$({ sha256sum requirements.txt pyproject.toml; "$VENV_PY" -V; } 2>&1 | sha256sum | cut -d' ' -f1)"
     [ -f "$STAMP" ] && have_stamp="$(cat "$STAMP")"
-    if [ "$want" = "$have_stamp" ]; then
-        log "venv: .venv up to date (requirements.txt unchanged)"
+    if [ "$want" = "$have_stamp" ] && [ -x "$VENV/bin/taskq" ]; then
+        log "venv: .venv up to date (requirements.txt and pyproject.toml unchanged)"
     else
         log "venv: pip install -r requirements.txt"
         "$VENV_PY" -m pip install -q --disable-pip-version-check -r requirements.txt
+        log "venv: pip install --no-deps -e . (the project, with the taskq command)"
+        "$VENV_PY" -m pip install -q --disable-pip-version-check --no-deps -e .
         printf '%s\n' "$want" >"$STAMP"
         log "venv: requirements installed"
     fi

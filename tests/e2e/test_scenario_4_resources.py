@@ -29,6 +29,7 @@ from queue_service.admission import (
 )
 from queue_service.model import Priority
 from queue_service.settings import Settings
+from taskq_client.checks import peak_usage
 from tests.support.product import Product
 from tests.support.scenarios import load_scenario
 
@@ -134,23 +135,6 @@ def replay_admissions(
     return granted_order
 
 
-def peak_usage(jobs: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
-    """Peak CPU and memory over running jobs, from started_at/finished_at (interval sweep)."""
-    points = []
-    for job in jobs.values():
-        need = job["resource_requirements"]
-        start = datetime.fromisoformat(job["started_at"])
-        end = datetime.fromisoformat(job["finished_at"])
-        # At equal instants an end sorts before a start: the tokens were handed over.
-        points.append((start, 1, need["cpu_units"], need["memory_mb"]))
-        points.append((end, 0, -need["cpu_units"], -need["memory_mb"]))
-    cpu = memory = peak_cpu = peak_memory = 0
-    for _, _, d_cpu, d_memory in sorted(points):
-        cpu, memory = cpu + d_cpu, memory + d_memory
-        peak_cpu, peak_memory = max(peak_cpu, cpu), max(peak_memory, memory)
-    return peak_cpu, peak_memory
-
-
 def run_paused_then_resume(
     product: Product, bodies: list[dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
@@ -187,7 +171,7 @@ def test_verbatim_scenario_respects_capacity_and_priority(
     tokens = product.http.get("/stats").json()["tokens"]
     assert (tokens["cpu_units"]["used"], tokens["memory_mb"]["used"]) == (0, 0)
     # and the running jobs never used more than the pool holds at any instant
-    peak_cpu, peak_memory = peak_usage(jobs)
+    peak_cpu, peak_memory = peak_usage(jobs.values())
     assert peak_cpu <= CPU_CAPACITY and peak_memory <= MEMORY_CAPACITY
     # and every admission step granted what the rules grant, never past capacity
     policy = AdmissionPolicy.from_settings(settings)
@@ -246,7 +230,7 @@ def test_light_jobs_fill_the_gap_a_waiting_heavy_job_leaves(
     assert product.job("heavy_2")["waiting_reason"] == "insufficient_cpu"
     jobs = product.wait_all_terminal(ids, timeout=60)
     assert {job["status"] for job in jobs.values()} == {"completed"}
-    peak_cpu, peak_memory = peak_usage(jobs)
+    peak_cpu, peak_memory = peak_usage(jobs.values())
     assert peak_cpu <= CPU_CAPACITY and peak_memory <= MEMORY_CAPACITY
     # and the first admission started both high heavies and, in the gap, two lights:
     # they passed heavy_2..heavy_4, which rank ahead of them but do not fit

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from taskq_client.checks import attempt_ends, attempt_starts, expected_delay
 from tests.support.product import Product
 from tests.support.scenarios import load_scenario
 
@@ -46,28 +47,6 @@ def logs(product: Product, job_id: str) -> list[dict[str, Any]]:
     return list(items)
 
 
-def attempt_starts(events: list[dict[str, Any]]) -> dict[int, datetime]:
-    starts = [e for e in events if e["event"] == "job_running"]
-    assert len(starts) == len({e["attempt"] for e in starts}), "an attempt started twice"
-    return {e["attempt"]: e["at"] for e in starts}
-
-
-def attempt_ends(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The event recording how each attempt ended (running -> something)."""
-    return {e["attempt"]: e for e in events if e["data"].get("previous_status") == "running"}
-
-
-def expected_delay(job: dict[str, Any], attempt: int) -> float:
-    """SPEC: delay before attempt n+1 = min(initial x multiplier^(n-1), max), before jitter."""
-    config = job["retry_config"]
-    return float(
-        min(
-            config["initial_delay_seconds"] * config["backoff_multiplier"] ** (attempt - 1),
-            config["max_delay_seconds"],
-        )
-    )
-
-
 def seconds(delta: timedelta) -> float:
     return delta.total_seconds()
 
@@ -95,7 +74,7 @@ def check_scenario(product: Product, scenario: dict[str, Any], settle_timeout: f
         "succeeded",
     ]
     for attempt in (1, 2):
-        delay = expected_delay(flaky, attempt)
+        delay = expected_delay(flaky["retry_config"], attempt)
         assert delay == float(attempt)  # 1 s, then 2 s
         end = ends[attempt]
         next_at = datetime.fromisoformat(end["data"]["next_attempt_at"])

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from taskq_client import TaskQueueClient
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -101,6 +103,12 @@ class Product:
             shutil.rmtree(metrics_dir, ignore_errors=True)
             metrics_dir.mkdir(parents=True)
             self.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    @property
+    def api(self) -> TaskQueueClient:
+        """The product's Python client over `http` (same headers). No idempotency keys are
+        added: tests see the jobs exactly as they submitted them."""
+        return TaskQueueClient(http=self.http, auto_idempotency_keys=False)
 
     def _spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str] = ()) -> Process:  # type: ignore[assignment]
         log_path = self.log_dir / f"{name}.log"
@@ -190,27 +198,21 @@ class Product:
     # --- conveniences for tests -------------------------------------------------------
 
     def submit(self, body: Mapping[str, Any], **headers: str) -> dict[str, Any]:
-        response = self.http.post("/jobs", json=dict(body), headers=headers)
-        assert response.status_code in (200, 201), response.text
-        return dict(response.json())
+        key = headers.pop("Idempotency-Key", None)
+        assert not headers, f"unsupported headers {headers}"
+        return self.api.submit(body, idempotency_key=key).model_dump(
+            mode="json", exclude={"created"}
+        )
 
     def job(self, job_id: str) -> dict[str, Any]:
-        response = self.http.get(f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
+        return self.api.get_job(job_id).model_dump(mode="json")
 
     def wait_for_status(
         self, job_id: str, statuses: set[str] | str, timeout: float = 30
     ) -> dict[str, Any]:
         wanted = {statuses} if isinstance(statuses, str) else statuses
-        return dict(
-            wait_until(
-                lambda: (job := self.job(job_id))["status"] in wanted and job,
-                timeout,
-                0.05,
-                f"{job_id} to be {sorted(wanted)}",
-            )
-        )
+        job = self.api.wait_for(job_id, wanted, timeout=timeout, interval=0.05)
+        return job.model_dump(mode="json")
 
     def wait_all_terminal(
         self, job_ids: list[str], timeout: float = 60
