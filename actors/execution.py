@@ -148,6 +148,22 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
 
 
 def _run_async(job_type: JobType, argument: Any, context: JobContext, watch: Watch) -> _Outcome:
+    if asyncio._get_running_loop() is not None:
+        # This thread already runs an event loop (not a worker thread: e.g. a caller using
+        # Playwright's sync API): run the attempt on a thread of its own instead.
+        result: list[_Outcome] = []
+        helper = threading.Thread(
+            target=lambda: result.append(_run_on_thread_loop(job_type, argument, context, watch))
+        )
+        helper.start()
+        helper.join()
+        return result[0]
+    return _run_on_thread_loop(job_type, argument, context, watch)
+
+
+def _run_on_thread_loop(
+    job_type: JobType, argument: Any, context: JobContext, watch: Watch
+) -> _Outcome:
     loop = _thread_loop()
     task = loop.create_task(job_type.handler(argument, context))
 
