@@ -9,6 +9,7 @@ import re
 import uuid
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -132,8 +133,15 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(allowed)
 
 
-def _constraint(error: sa.exc.IntegrityError) -> str | None:
-    diag = getattr(error.orig, "diag", None)
+def _driver_error(error: Exception) -> Exception:
+    """The driver's exception: SQLAlchemy wraps it as `.orig`; raw cursor work (COPY) raises
+    it bare."""
+    orig = getattr(error, "orig", None)
+    return orig if isinstance(orig, Exception) else error
+
+
+def _constraint(error: Exception) -> str | None:
+    diag = getattr(_driver_error(error), "diag", None)
     name = getattr(diag, "constraint_name", None)
     return name if isinstance(name, str) else None
 
@@ -180,8 +188,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sa.exc.OperationalError)
     @app.exception_handler(sa.exc.InterfaceError)
-    async def database_down(request: Request, error: sa.exc.DBAPIError) -> JSONResponse:
-        log.error("database_unavailable", path=request.url.path, error=str(error.orig))
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_down(request: Request, error: Exception) -> JSONResponse:
+        log.error("database_unavailable", path=request.url.path, error=str(_driver_error(error)))
         return error_response(503, "service_unavailable", "PostgreSQL is unreachable")
 
     @app.exception_handler(sa.exc.TimeoutError)
@@ -208,7 +217,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(sa.exc.IntegrityError)
-    async def conflict(request: Request, error: sa.exc.IntegrityError) -> JSONResponse:
+    @app.exception_handler(psycopg.IntegrityError)
+    async def conflict(request: Request, error: Exception) -> JSONResponse:
         # A unique index or foreign key raced a concurrent request: say which rule, by the
         # constraint's name, never with the database's text.
         constraint = _constraint(error)
@@ -218,7 +228,7 @@ def install_error_handlers(app: FastAPI) -> None:
             path=request.url.path,
             constraint=constraint,
             error_id=error_id,
-            error=str(error.orig),
+            error=str(_driver_error(error)),
         )
         domain = ERROR_BY_CONSTRAINT.get(constraint or "")
         if domain is not None:
@@ -232,9 +242,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(sa.exc.DBAPIError)
-    async def database_error(request: Request, error: sa.exc.DBAPIError) -> JSONResponse:
+    @app.exception_handler(psycopg.Error)
+    async def database_error(request: Request, error: Exception) -> JSONResponse:
         error_id = _error_id()
-        log.error("database_error", path=request.url.path, error_id=error_id, error=str(error.orig))
+        log.error(
+            "database_error",
+            path=request.url.path,
+            error_id=error_id,
+            error=str(_driver_error(error)),
+        )
         return error_response(
             500, "internal_error", "a database error occurred", {"error_id": error_id}
         )

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -138,6 +139,16 @@ class _DriverError(Exception):
         self.diag = _Diag(constraint)
 
 
+class _RawUniqueViolation(psycopg.errors.UniqueViolation):
+    def __init__(self, constraint: str) -> None:
+        super().__init__("duplicate key value violates unique constraint; DETAIL: Key (id)=(x)")
+        self._constraint = constraint
+
+    @property
+    def diag(self) -> Any:
+        return _Diag(self._constraint)
+
+
 @pytest.fixture(scope="module")
 def raising_app() -> FastAPI:
     """An app with one extra route that raises the database error it is asked for."""
@@ -146,6 +157,8 @@ def raising_app() -> FastAPI:
     @app.get("/test-raise/{kind}/{constraint}")
     def raise_it(kind: str, constraint: str) -> None:
         orig = _DriverError(None if constraint == "none" else constraint)
+        if kind == "raw-unique":  # a driver error raised bare, as COPY raises it
+            raise _RawUniqueViolation(constraint)
         error_type = {
             "integrity": sa.exc.IntegrityError,
             "data": sa.exc.DataError,
@@ -165,6 +178,7 @@ def raising_app() -> FastAPI:
         ("integrity", "job_dependencies_depends_on_fkey", 422, "unknown_dependency"),
         ("integrity", "some_other_constraint", 409, "conflict"),
         ("integrity", "none", 409, "conflict"),
+        ("raw-unique", "uq_jobs_idempotency_key", 409, "idempotency_conflict"),
         ("data", "none", 422, "validation_error"),
         ("programming", "none", 500, "internal_error"),
         ("operational", "none", 503, "service_unavailable"),
