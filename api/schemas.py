@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from queue_service.job_types import submission_defaults
 from queue_service.model import JobStatus, Priority
@@ -15,23 +15,62 @@ from queue_service.submission import JobSpec
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, examples=["fetch_data_001"])]
 MAX_PAYLOAD_BYTES = 64 * 1024
+# Objects and arrays nested deeper than this in a payload are refused at submission: a
+# deeper document is stored by PostgreSQL but cannot be serialized back (the JSON encoder
+# stops at a depth of a few hundred), so every later read of the job would fail.
+MAX_PAYLOAD_DEPTH = 32
 MAX_BATCH = 10_000
+
+
+def _iso_text(value: Any) -> Any:
+    """Take only ISO-8601 text (or a datetime): pydantic would otherwise read a number, or
+    a string of digits, as a Unix timestamp, which the documented format does not allow."""
+    if isinstance(value, datetime):
+        return value
+    if (
+        not isinstance(value, str)
+        or not value[:4].isdigit()
+        or value.strip(" +-").replace(".", "", 1).isdigit()
+    ):
+        raise ValueError("expected an ISO-8601 date-time, e.g. 2030-01-31T09:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value: 0 for a scalar, 1 for a flat object or array."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Numbers are `strict`: JSON `true` or `"5"` is not a number, though pydantic would take it.
 class ResourceRequirements(_Strict):
-    cpu_units: int = Field(default=1, ge=1, le=1_000_000)
-    memory_mb: int = Field(default=128, ge=1, le=1_000_000_000)
+    cpu_units: int = Field(default=1, strict=True, ge=1, le=1_000_000)
+    memory_mb: int = Field(default=128, strict=True, ge=1, le=1_000_000_000)
 
 
 class RetryConfigIn(_Strict):
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    backoff_multiplier: float = Field(default=2.0, ge=1, le=1000, allow_inf_nan=False)
-    initial_delay_seconds: float = Field(default=1.0, ge=0, le=86_400 * 30, allow_inf_nan=False)
-    max_delay_seconds: float = Field(default=300.0, ge=0, le=86_400 * 30, allow_inf_nan=False)
+    max_attempts: int = Field(default=3, strict=True, ge=1, le=100)
+    backoff_multiplier: float = Field(default=2.0, strict=True, ge=1, le=1000, allow_inf_nan=False)
+    initial_delay_seconds: float = Field(
+        default=1.0, strict=True, ge=0, le=86_400 * 30, allow_inf_nan=False
+    )
+    max_delay_seconds: float = Field(
+        default=300.0, strict=True, ge=0, le=86_400 * 30, allow_inf_nan=False
+    )
 
 
 class JobCreate(_Strict):
@@ -48,9 +87,21 @@ class JobCreate(_Strict):
     resource_requirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
     depends_on: list[JobId] = Field(default_factory=list, max_length=10_000)
     retry_config: RetryConfigIn = Field(default_factory=RetryConfigIn)
-    timeout_seconds: float = Field(default=300.0, gt=0, le=86_400 * 7, allow_inf_nan=False)
-    run_at: datetime | None = Field(default=None, description="ISO-8601; naive means UTC")
+    timeout_seconds: float = Field(
+        default=300.0, strict=True, gt=0, le=86_400 * 7, allow_inf_nan=False
+    )
+    run_at: IsoDateTime | None = Field(default=None, description="ISO-8601; naive means UTC")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("payload")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        depth = json_depth(value)
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise ValueError(
+                f"payload is nested {depth} levels deep; the limit is {MAX_PAYLOAD_DEPTH}"
+            )
+        return value
 
     @field_validator("run_at")
     @classmethod

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import write_section  # noqa: E402
-from tests.support.product import Product, wait_until  # noqa: E402
+from tests.support.product import Product, bearer, wait_until  # noqa: E402
 
 NAME = "taskq_dagbench"
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -397,6 +397,7 @@ def main() -> None:
         "--pool-cpu-units", type=int, help="token pool CPU capacity of the started product"
     )
     parser.add_argument("--base-url", help="measure this running product instead")
+    parser.add_argument("--api-key", help="a submit (or admin) key of that product")
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()
 
@@ -404,7 +405,8 @@ def main() -> None:
     database_url: str | None = None
     try:
         if args.base_url:
-            client = httpx.Client(base_url=args.base_url, timeout=300)
+            headers = bearer(args.api_key) if args.api_key else {}
+            client = httpx.Client(base_url=args.base_url, timeout=300, headers=headers)
         else:
             env = prepare_services(args.pool_cpu_units)
             database_url = env["TASKQ_DATABASE_URL"].replace("+psycopg", "")
@@ -412,7 +414,8 @@ def main() -> None:
             product.start_api()
             product.start_worker(processes=1, threads=8)
             product.start_worker(processes=1, threads=8)
-            client = httpx.Client(base_url=product.base_url, timeout=300)
+            client = product.client_with("admin")
+            client.timeout = httpx.Timeout(300)
         results = run_benchmark(client, args, database_url)
     finally:
         if product is not None:

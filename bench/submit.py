@@ -34,7 +34,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.product import Product, wait_until  # noqa: E402
+from tests.support.product import Product, bearer, wait_until  # noqa: E402
 
 DB = "taskq_perf"
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -198,6 +198,7 @@ def main() -> None:
         product.start_worker(processes=2, threads=8)
         client = httpx.Client(
             base_url=product.base_url,
+            headers=bearer(product.key()),
             timeout=60,
             limits=httpx.Limits(max_connections=args.concurrency),
         )

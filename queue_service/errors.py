@@ -79,3 +79,15 @@ class ServiceUnavailable(TaskQueueError):
 
 class InvalidCursor(TaskQueueError):
     code = "invalid_cursor"
+
+
+class Unauthorized(TaskQueueError):
+    """No API key, or one that is not configured."""
+
+    code = "unauthorized"
+
+
+class Forbidden(TaskQueueError):
+    """A valid API key whose scope does not allow the call."""
+
+    code = "forbidden"

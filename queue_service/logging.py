@@ -5,13 +5,18 @@ stdlib records of uvicorn, Dramatiq, pika and alembic all go through one stdlib 
 whose structlog `ProcessorFormatter` renders JSON with the same fields: `event`, `level`,
 `timestamp` (ISO-8601, UTC), `logger`, `process` (api, worker, scheduler), `pid`, and
 `job_id` / `attempt` where the line belongs to an attempt.
+
+Secrets never reach a log line: passwords in URLs (`amqp://user:secret@host`) and bearer
+tokens are masked in every rendered value, whichever code logged them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -41,6 +46,22 @@ def _shared_processors(process: str) -> list[Processor]:
     ]
 
 
+_URL_PASSWORD = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):[^@/\s]+@")
+_BEARER = re.compile(r"(?P<prefix>\bBearer\s+)[^\s\"',]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with URL passwords and bearer tokens replaced by `***`."""
+    text = _URL_PASSWORD.sub(r"\g<prefix>:***@", text)
+    return _BEARER.sub(r"\g<prefix>***", text)
+
+
+def _redact_values(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in event_dict.items()}
+
+
 def json_formatter(process: str = "api") -> logging.Formatter:
     """The formatter of every line; also named by api/log_config.json for uvicorn."""
     return structlog.stdlib.ProcessorFormatter(
@@ -48,6 +69,7 @@ def json_formatter(process: str = "api") -> logging.Formatter:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _redact_values,
             structlog.processors.JSONRenderer(),
         ],
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Comma-separated `scope:secret` entries (scopes: read, submit, admin). Empty: every
+    # protected route answers 401 (the api never runs open); scripts/run.sh generates an
+    # admin key into .taskq/api-key when none is configured.
+    api_keys: SecretStr = SecretStr("")
+    # Request bodies larger than this are refused with 413 before they are parsed
+    # (a full 10,000-job batch of small jobs is a few MiB).
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     # Workers
     worker_processes: int = Field(default=2, ge=1)

@@ -19,6 +19,12 @@
 # main process, then SIGKILL to whatever is left in its process group after
 # TASKQ_STOP_TIMEOUT seconds (default 15); a second Ctrl-C kills at once.
 #
+# API keys: TASKQ_API_KEYS (comma-separated scope:secret, scopes read, submit, admin) is
+# used as given. When it is unset or empty, one admin key is generated on the first run into
+# .taskq/api-key (directory mode 700, file mode 600, git-ignored), reused on later runs, and
+# exported as TASKQ_API_KEYS=admin:<that key>. The key itself is never printed: use it as
+#   curl -H "Authorization: Bearer $(cat .taskq/api-key)" http://127.0.0.1:8000/stats
+#
 # Environment (besides everything scripts/setup.sh and the product read):
 #   TASKQ_API_HOST (127.0.0.1)  TASKQ_API_PORT (8000)
 #   TASKQ_WORKER_PROCESSES (2)  TASKQ_WORKER_THREADS (8)
@@ -44,6 +50,23 @@ STOP_TIMEOUT="${TASKQ_STOP_TIMEOUT:-15}"
 RESTART_MAX_DELAY="${TASKQ_RESTART_MAX_DELAY:-30}"
 RESTART_RESET_SECONDS="${TASKQ_RESTART_RESET_SECONDS:-60}"
 BIN="$ROOT/.venv/bin"
+
+# The first admin key, made once and kept private (never echoed, never in git).
+KEY_FILE="$ROOT/.taskq/api-key"
+if [ -z "${TASKQ_API_KEYS:-}" ]; then
+    if [ ! -s "$KEY_FILE" ]; then
+        ( umask 077 && mkdir -p "$(dirname "$KEY_FILE")" && \
+            "$ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$KEY_FILE" ) \
+            || die "cannot write $KEY_FILE"
+        log "generated an admin API key in $KEY_FILE (mode 600)"
+    fi
+    chmod 700 "$(dirname "$KEY_FILE")" && chmod 600 "$KEY_FILE"
+    TASKQ_API_KEYS="admin:$(tr -d '[:space:]' < "$KEY_FILE")"
+    export TASKQ_API_KEYS
+    KEY_NOTE="admin key in $KEY_FILE"
+else
+    KEY_NOTE="keys from TASKQ_API_KEYS"
+fi
 
 for tool in python uvicorn dramatiq periodiq setsid; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$BIN/$tool" ] ||
@@ -195,15 +218,20 @@ case "$BROWSE_HOST" in
 esac
 BASE="http://$BROWSE_HOST:$TASKQ_API_PORT"
 MGMT_URL="${TASKQ_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
-MGMT_LOGIN="guest/guest"
-if [[ "${TASKQ_BROKER_URL:-}" =~ ^amqps?://([^:@/]+):([^@/]*)@ ]]; then
-    MGMT_LOGIN="${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
+# The console login is the broker URL's user; its password is never printed.
+MGMT_LOGIN="user guest"
+if [[ "${TASKQ_BROKER_URL:-}" =~ ^amqps?://([^:@/]+)(:[^@/]*)?@ ]]; then
+    MGMT_LOGIN="user ${BASH_REMATCH[1]}, password from TASKQ_BROKER_URL"
 fi
+KEY_HINT="<a secret from TASKQ_API_KEYS>"
+[ "$KEY_NOTE" = "keys from TASKQ_API_KEYS" ] || KEY_HINT="\$(cat $KEY_FILE)"
 cat <<EOF
 run: Smart Task Queue is running (Ctrl-C stops it)
 run:   API docs             $BASE/docs
-run:   admin page           $BASE/
+run:   admin page           $BASE/  (asks for an API key)
 run:   metrics              $BASE/metrics
+run:   API key              $KEY_NOTE
+run:                        e.g. curl -H "Authorization: Bearer $KEY_HINT" $BASE/stats
 run:   RabbitMQ management  ${MGMT_URL%/} ($MGMT_LOGIN)
 EOF
 

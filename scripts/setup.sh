@@ -36,6 +36,8 @@ STAMP="$VENV/.requirements.sha256"
 RUN_DIR="$ROOT/.run"
 
 log() { printf 'setup: %s\n' "$*"; }
+# A URL without its password, for messages.
+redact() { printf '%s' "$1" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#'; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -200,7 +202,7 @@ pg_allow_loopback_trust() {
 setup_postgres() {
     local fields
     mapfile -t fields < <(parse_url "$DATABASE_URL")
-    [ "${#fields[@]}" -eq 6 ] || die "cannot parse TASKQ_DATABASE_URL=$DATABASE_URL"
+    [ "${#fields[@]}" -eq 6 ] || die "cannot parse TASKQ_DATABASE_URL=$(redact "$DATABASE_URL")"
     PG_USER="${fields[1]:-postgres}" PG_PASS="${fields[2]}" PG_HOST="${fields[3]:-127.0.0.1}"
     PG_PORT="${fields[4]:-5432}" PG_DB="${fields[5]:-taskq}"
     if [ -n "$PG_PASS" ]; then export PGPASSWORD="$PG_PASS"; fi
@@ -299,7 +301,7 @@ setup_vhost() {
 setup_rabbitmq() {
     local fields default_port=5672
     mapfile -t fields < <(parse_url "$BROKER_URL")
-    [ "${#fields[@]}" -eq 6 ] || die "cannot parse TASKQ_BROKER_URL=$BROKER_URL"
+    [ "${#fields[@]}" -eq 6 ] || die "cannot parse TASKQ_BROKER_URL=$(redact "$BROKER_URL")"
     [ "${fields[0]}" = amqps ] && default_port=5671
     MQ_USER="${fields[1]:-guest}" MQ_PASS="${fields[2]:-guest}" MQ_HOST="${fields[3]:-127.0.0.1}"
     MQ_PORT="${fields[4]:-$default_port}" MQ_VHOST="${fields[5]:-/}"

@@ -36,7 +36,10 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-printf 'test: pytest with TASKQ_DATABASE_URL=%s TASKQ_BROKER_URL=%s\n' "$TASKQ_DATABASE_URL" "$TASKQ_BROKER_URL"
+# URLs without their passwords: logs and CI output never show a secret.
+redact() { printf '%s' "$1" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#'; }
+printf 'test: pytest with TASKQ_DATABASE_URL=%s TASKQ_BROKER_URL=%s\n' \
+    "$(redact "$TASKQ_DATABASE_URL")" "$(redact "$TASKQ_BROKER_URL")"
 MARKERS=(-m "not chaos")
 for arg in "$@"; do
     case "$arg" in -m | -m*) MARKERS=() ;; esac

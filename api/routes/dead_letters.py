@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
-from api.deps import State
+from api.deps import ADMIN, READ, State
 from api.errors import ERROR_RESPONSES
 from api.schemas import DeadLetterPublic, DeadLettersPublic
 from queue_service import errors
@@ -17,7 +17,11 @@ from queue_service.lifecycle import replay_dead_letter
 from queue_service.publisher import publish_admitted
 from queue_service.repository import dead_letters as dead_letters_repo
 
-router = APIRouter(prefix="/dead-letters", tags=["dead letters"], responses=ERROR_RESPONSES)
+DeadLetterId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a dead letter's id")]
+
+router = APIRouter(
+    prefix="/dead-letters", tags=["dead letters"], responses=ERROR_RESPONSES, dependencies=[READ]
+)
 
 
 def _public(row: Any) -> DeadLetterPublic:
@@ -39,7 +43,9 @@ def _public(row: Any) -> DeadLetterPublic:
 def list_dead_letters(
     state: State,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="next_cursor of the previous page")
+    ] = None,
 ) -> DeadLettersPublic:
     """Open dead letters, newest first. Each mirrors a message in the `taskq.dead-letters`
     queue of the `taskq.dead-letter` exchange, with the reason and the final error."""
@@ -61,12 +67,12 @@ def _get(state: State, dead_letter_id: int) -> Any:
 
 
 @router.get("/{dead_letter_id}", response_model=DeadLetterPublic)
-def get_dead_letter(dead_letter_id: int, state: State) -> DeadLetterPublic:
+def get_dead_letter(dead_letter_id: DeadLetterId, state: State) -> DeadLetterPublic:
     return _public(_get(state, dead_letter_id))
 
 
-@router.post("/{dead_letter_id}/replay", response_model=DeadLetterPublic)
-def replay(dead_letter_id: int, state: State) -> DeadLetterPublic:
+@router.post("/{dead_letter_id}/replay", response_model=DeadLetterPublic, dependencies=[ADMIN])
+def replay(dead_letter_id: DeadLetterId, state: State) -> DeadLetterPublic:
     """Run the job again with a fresh attempt budget; its dependents cancelled because it
     failed (`upstream_failed:<id>`) go back to `blocked`."""
 
@@ -78,8 +84,8 @@ def replay(dead_letter_id: int, state: State) -> DeadLetterPublic:
     return _public(_get(state, dead_letter_id))
 
 
-@router.delete("/{dead_letter_id}", status_code=204)
-def discard(dead_letter_id: int, state: State) -> Response:
+@router.delete("/{dead_letter_id}", status_code=204, dependencies=[ADMIN])
+def discard(dead_letter_id: DeadLetterId, state: State) -> Response:
     """Discard a dead letter: it leaves the list; the job stays failed."""
     with state.engine.begin() as conn:
         if dead_letters_repo.resolve(conn, dead_letter_id, "discarded", datetime.now(UTC)) is None:

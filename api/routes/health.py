@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import State
-from api.errors import error_response
+from api.deps import READ, State
+from api.errors import AUTH_RESPONSES, error_response
 from api.schemas import JobTypePublic, JobTypes, ResourceRequirements, RetryConfigIn
 from queue_service.broker import connection_parameters
 from queue_service.job_types import JobType, registered_job_types, submission_defaults
@@ -61,7 +61,13 @@ def _job_type_public(jt: JobType) -> JobTypePublic:
     )
 
 
-@router.get("/job-types", response_model=JobTypes, tags=["jobs"])
+@router.get(
+    "/job-types",
+    response_model=JobTypes,
+    tags=["jobs"],
+    dependencies=[READ],
+    responses=AUTH_RESPONSES,
+)
 def job_types() -> JobTypes:
     """Registered types (TASKQ_JOB_MODULES) with the defaults a submission falls back on:
     request > type default > global default."""

@@ -10,12 +10,13 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import AppState, State
+from api.deps import READ, SUBMIT, AppState, State
 from api.errors import ERROR_RESPONSES
 from api.schemas import (
     MAX_PAYLOAD_BYTES,
     BatchAccepted,
     BatchCreate,
+    IsoDateTime,
     JobAccepted,
     JobCreate,
     JobLogEntry,
@@ -38,7 +39,7 @@ from queue_service.repository import progress as progress_repo
 from queue_service.scheduling import explain_wait
 from queue_service.submission import submit_batch, with_job_id
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES, dependencies=[READ])
 
 
 def _now() -> datetime:
@@ -63,6 +64,7 @@ def _publish(state: AppState, admitted: list[Admitted]) -> None:
     "",
     status_code=201,
     response_model=JobAccepted,
+    dependencies=[SUBMIT],
     responses={200: {"model": JobAccepted, "description": "a repeated submission: the original"}},
 )
 async def create_job(
@@ -84,7 +86,7 @@ async def create_job(
     return answer.accepted
 
 
-@router.post("/batch", status_code=201, response_model=BatchAccepted)
+@router.post("/batch", status_code=201, response_model=BatchAccepted, dependencies=[SUBMIT])
 def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
     """Submit up to 10,000 jobs atomically. `depends_on` may name jobs of the same batch,
     in any order, or existing jobs. A cycle is rejected (422 `dependency_cycle`, naming
@@ -168,11 +170,21 @@ def _encode_cursor(created_at: datetime, job_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Only what _encode_cursor makes: `[iso timestamp, job id]`, both strings."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, job_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(job_id)
-    except (ValueError, TypeError) as error:
+        # A flat two-item array needs one level; refuse nested ones before json does the
+        # recursive work (a cursor of thousands of brackets would exhaust its recursion).
+        if raw.count(b"[") + raw.count(b"{") > 1:
+            raise ValueError("nested cursor")
+        decoded = json.loads(raw)
+        if not (isinstance(decoded, list) and len(decoded) == 2):
+            raise ValueError("not a pair")
+        created_at, job_id = decoded
+        if not (isinstance(created_at, str) and isinstance(job_id, str)):
+            raise ValueError("not strings")
+        return datetime.fromisoformat(created_at), job_id
+    except (ValueError, TypeError, RecursionError) as error:
         raise errors.InvalidCursor("cursor is not one this API returned") from error
 
 
@@ -180,12 +192,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 def list_jobs(
     state: State,
     status: JobStatus | None = None,
-    type: str | None = None,
+    type: Annotated[str | None, Query(max_length=128)] = None,
     priority: Priority | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: IsoDateTime | None = None,
+    created_before: IsoDateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None, Query(max_length=1024, description="next_cursor of the previous page")
+    ] = None,
 ) -> JobsPublic:
     """Jobs newest first, filtered; pass `next_cursor` back as `cursor` for the next page."""
     after = _decode_cursor(cursor) if cursor else None
@@ -212,6 +226,7 @@ def list_jobs(
 @router.patch(
     "/{job_id}/cancel",
     response_model=JobPublic,
+    dependencies=[SUBMIT],
     responses={202: {"model": JobPublic, "description": "running: the attempt is being stopped"}},
 )
 def cancel(job_id: str, state: State, response: Response) -> JobPublic:

@@ -7,14 +7,17 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from fastapi import APIRouter
 
-from api.deps import State
+from api.deps import ADMIN, State
+from api.errors import AUTH_RESPONSES
 from api.schemas import SchedulerState
 from queue_service.db import in_transaction
 from queue_service.publisher import publish_admitted
 from queue_service.repository import pool as pool_repo
 from queue_service.scheduling import admit_ready_jobs
 
-router = APIRouter(prefix="/scheduler", tags=["scheduler"])
+router = APIRouter(
+    prefix="/scheduler", tags=["scheduler"], responses=AUTH_RESPONSES, dependencies=[ADMIN]
+)
 
 
 @router.post("/pause", response_model=SchedulerState)

@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import AppState, State
+from api.deps import READ, AppState, State
+from api.errors import AUTH_RESPONSES
 from queue_service.model import JobStatus, Priority
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import jobs as jobs_repo
@@ -15,7 +16,7 @@ from queue_service.repository import pool as pool_repo
 from queue_service.repository import stats as stats_repo
 from queue_service.repository.overview import read_overview
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=AUTH_RESPONSES, dependencies=[READ])
 
 THROUGHPUT_WINDOW = timedelta(seconds=60)
 TIMING_WINDOW = timedelta(minutes=15)

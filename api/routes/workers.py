@@ -7,11 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import State
+from api.deps import READ, State
+from api.errors import AUTH_RESPONSES
 from queue_service.repository import workers as workers_repo
 from queue_service.repository.overview import worker_stale_after
 
-router = APIRouter(prefix="/workers", tags=["operations"])
+router = APIRouter(
+    prefix="/workers", tags=["operations"], responses=AUTH_RESPONSES, dependencies=[READ]
+)
 
 
 @router.get("")

@@ -346,8 +346,10 @@ document.addEventListener("alpine:init", () => {
         }
         this.onEvent(event);
       });
-      socket.addEventListener("close", () => {
+      socket.addEventListener("close", (closed) => {
         if (this._socket !== socket) return;
+        // 1008 (policy violation): the api refused the key; asking again beats retrying.
+        if (closed.code === 1008) { this.forgetKey("The stream refused this key."); return; }
         this.streamState = "reconnecting";
         setTimeout(() => { if (this.key && this._socket === socket) this.connect(); }, 2000);
       });

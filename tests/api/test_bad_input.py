@@ -220,6 +220,38 @@ BAD_REQUESTS = [
         list_jobs({"cursor": cursor_of(["yesterday", "job_x"])}, "invalid_cursor"),
         id="cursor-bad-time",
     ),
+    pytest.param(
+        list_jobs({"cursor": cursor_of([[[[[[["x"]]]]]]])}, "invalid_cursor"), id="cursor-nested"
+    ),
+    pytest.param(
+        list_jobs(
+            {"cursor": base64.urlsafe_b64encode(b"[" * 300 + b"]" * 300).decode()},
+            "invalid_cursor",
+        ),
+        id="cursor-300-brackets",
+    ),
+    pytest.param(list_jobs({"cursor": "W" * 5000}), id="cursor-too-long"),
+    pytest.param(list_jobs({"cursor": cursor_of({"a": 1})}, "invalid_cursor"), id="cursor-object"),
+    pytest.param(list_jobs({"cursor": cursor_of(10**40)}, "invalid_cursor"), id="cursor-number"),
+    pytest.param(
+        list_jobs({"cursor": cursor_of(["2024-01-01T00:00:00+00:00", 5])}, "invalid_cursor"),
+        id="cursor-id-not-string",
+    ),
+    pytest.param(list_jobs({"type": "t" * 129}), id="type-filter-too-long"),
+    pytest.param(list_jobs({"limit": 10**30}), id="limit-huge"),
+    pytest.param(list_jobs({"created_before": "99999-01-01"}), id="created-before-year-99999"),
+    pytest.param(
+        BadRequest("GET", "/dead-letters", 422, "validation_error", params={"cursor": 10**30}),
+        id="dead-letter-cursor-huge",
+    ),
+    pytest.param(
+        BadRequest("GET", "/dead-letters", 422, "validation_error", params={"cursor": -1}),
+        id="dead-letter-cursor-negative",
+    ),
+    pytest.param(
+        BadRequest("GET", "/dead-letters", 422, "validation_error", params={"cursor": "[[["}),
+        id="dead-letter-cursor-not-int",
+    ),
     pytest.param(list_jobs({"limit": 501}), id="limit-501"),
     pytest.param(list_jobs({"limit": 0}), id="limit-0"),
     pytest.param(list_jobs({"limit": "ten"}), id="limit-not-int"),

@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.product import Product
+from tests.support.product import Product, bearer
 
 EVENT_FIELDS = {"event", "job_id", "status", "previous_status", "attempt", "at"}
 Event = dict[str, Any]
@@ -28,7 +28,9 @@ def subscribe(product: Product, params: list[tuple[str, str]]) -> Iterator[Clien
     url = f"ws://127.0.0.1:{product.api_port}/jobs/stream?{urlencode(params)}"
     deadline = time.monotonic() + 10
     while True:
-        with connect(url, open_timeout=10, close_timeout=2) as ws:
+        with connect(
+            url, open_timeout=10, close_timeout=2, additional_headers=bearer(product.key("read"))
+        ) as ws:
             hello = json.loads(ws.recv(timeout=10))
             assert hello["event"] == "subscribed", hello
             if hello["listening"]:

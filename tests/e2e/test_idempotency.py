@@ -30,7 +30,7 @@ def post_all_at_once(
 
     def post(index: int) -> None:
         try:
-            with httpx.Client(base_url=product.base_url, timeout=30) as client:
+            with product.client_with("submit") as client:
                 barrier.wait(timeout=30)
                 responses[index] = client.post("/jobs", json=body, headers=headers)
         except BaseException as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,21 @@ from taskq_client import TaskQueueClient
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+# One key per scope for the whole test session; every product started by a test accepts
+# them (TASKQ_API_KEYS) and its `http` client sends the admin key.
+API_KEYS = {
+    scope: f"test-{scope}-{secrets.token_urlsafe(24)}" for scope in ("read", "submit", "admin")
+}
+
+
+def api_keys_env(keys: Mapping[str, str] = API_KEYS) -> str:
+    """The TASKQ_API_KEYS value that configures `keys` (scope -> secret)."""
+    return ",".join(f"{scope}:{secret}" for scope, secret in keys.items())
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
 
 
 def free_port() -> int:
@@ -110,9 +126,24 @@ class Product:
         added: tests see the jobs exactly as they submitted them."""
         return TaskQueueClient(http=self.http, auto_idempotency_keys=False)
 
+    def key(self, scope: str = "admin") -> str:
+        """The secret of this product's key with `scope` (read, submit or admin)."""
+        return API_KEYS[scope]
+
+    def client_with(self, scope: str | None) -> httpx.Client:
+        """A new client for the api sending the key of `scope`, or no key when None.
+        The caller closes it."""
+        headers = bearer(self.key(scope)) if scope is not None else {}
+        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers)
+
     def _spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str] = ()) -> Process:  # type: ignore[assignment]
         log_path = self.log_dir / f"{name}.log"
-        env = {**os.environ, **self.env, **dict(extra_env)}
+        env = {
+            **os.environ,
+            "TASKQ_API_KEYS": api_keys_env(),
+            **self.env,
+            **dict(extra_env),
+        }
         popen = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -142,7 +173,7 @@ class Product:
                 str(ROOT / "api" / "log_config.json"),
             ],
         )
-        self.client = httpx.Client(base_url=self.base_url, timeout=30)
+        self.client = self.client_with("admin")
 
         def ready() -> bool:
             if process.popen.poll() is not None:
