@@ -208,7 +208,7 @@ for ((i = 1; i <= TASKQ_WORKER_PROCESSES; i++)); do
     start "worker-$i" env dramatiq_queue_prefetch="$TASKQ_WORKER_THREADS" \
         "$BIN/python" -m actors.cli actors.worker --processes 1 --threads "$TASKQ_WORKER_THREADS"
 done
-start scheduler env TZ=UTC "$BIN/periodiq" actors.scheduler
+start scheduler env TZ=UTC "$BIN/python" -m actors.scheduler_cli actors.scheduler
 
 BROWSE_HOST="$TASKQ_API_HOST"
 case "$BROWSE_HOST" in

@@ -516,13 +516,18 @@ def restore_cancelled(conn: sa.Connection, job_ids: Sequence[str]) -> list[Statu
 
 
 def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int) -> int:
-    """Delete up to `limit` jobs finished before `cutoff` (ix_jobs_finished), oldest first,
-    keeping those an open dead letter refers to. Events and edges go with them (cascade)."""
+    """Delete up to `limit` jobs finished before `cutoff` (ix_jobs_finished), oldest first.
+
+    Kept: a job an open dead letter refers to, and a job a replay of it can still revive
+    (cancelled by that dead job's failure: its cancel reason names the root). Events and
+    edges go with the deleted jobs (cascade).
+    """
     result = conn.execute(
         sa.text(
             "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j "
             "  WHERE j.finished_at < :cutoff AND NOT EXISTS (SELECT 1 FROM dead_letters d "
-            "    WHERE d.job_id = j.id AND d.resolved_at IS NULL) "
+            "    WHERE d.resolved_at IS NULL AND (d.job_id = j.id "
+            "      OR j.cancel_reason = 'upstream_failed:' || d.job_id)) "
             "  ORDER BY j.finished_at LIMIT :limit)"
         ),
         {"cutoff": cutoff, "limit": limit},

@@ -1,4 +1,5 @@
-"""Retention: old finished jobs go, recent ones and those with open dead letters stay."""
+"""Retention: old finished jobs go; recent ones, those with open dead letters and those a
+replay of a dead letter could still revive stay."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
     with engine.begin() as conn:
         for job_id in ("old_done", "old_dead", "recent_done", "waiting"):
             submit_job(conn, settings, JobSpec(job_id=job_id), now)
+        # and a dependent cancelled long ago by old_dead's failure: a replay would revive it
+        submit_job(conn, settings, JobSpec(job_id="old_revivable", depends_on=("old_dead",)), now)
+        conn.execute(
+            sa.text(
+                "UPDATE jobs SET status = 'cancelled', finished_at = :at, "
+                "cancel_reason = 'upstream_failed:old_dead' WHERE id = 'old_revivable'"
+            ),
+            {"at": now - timedelta(days=40)},
+        )
         finished = {"old_done": now - timedelta(days=40), "old_dead": now - timedelta(days=40)}
         finished["recent_done"] = now - timedelta(hours=1)
         for job_id, at in finished.items():
@@ -53,5 +63,5 @@ def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
         events = conn.execute(
             sa.text("SELECT count(*) FROM job_events WHERE job_id = 'old_done'")
         ).scalar_one()
-    assert left == {"old_dead", "recent_done", "waiting"}
+    assert left == {"old_dead", "old_revivable", "recent_done", "waiting"}
     assert events == 0

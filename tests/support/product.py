@@ -217,7 +217,11 @@ class Product:
 
     def start_scheduler(self) -> Process:
         """periodiq with the maintenance schedule, as scripts/run.sh starts it."""
-        return self._spawn("scheduler", [str(BIN / "periodiq"), "actors.scheduler"], {"TZ": "UTC"})
+        return self._spawn(
+            "scheduler",
+            [str(BIN / "python"), "-m", "actors.scheduler_cli", "actors.scheduler"],
+            {"TZ": "UTC"},
+        )
 
     def stop(self) -> None:
         for process in reversed(self.processes):
