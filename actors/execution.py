@@ -26,6 +26,7 @@ import json
 import threading
 import traceback
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,15 +151,12 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
 def _run_async(job_type: JobType, argument: Any, context: JobContext, watch: Watch) -> _Outcome:
     if asyncio._get_running_loop() is not None:
         # This thread already runs an event loop (not a worker thread: e.g. a caller using
-        # Playwright's sync API): run the attempt on a thread of its own instead.
-        result: list[_Outcome] = []
-        helper = threading.Thread(
-            target=lambda: result.append(_run_on_thread_loop(job_type, argument, context, watch))
-        )
-        helper.start()
-        helper.join()
-        return result[0]
+        # Playwright's sync API): run the attempt on one helper thread and its loop.
+        return _HELPER.submit(_run_on_thread_loop, job_type, argument, context, watch).result()
     return _run_on_thread_loop(job_type, argument, context, watch)
+
+
+_HELPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-async-attempt")
 
 
 def _run_on_thread_loop(

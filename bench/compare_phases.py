@@ -288,12 +288,20 @@ def _tokens_after_drain(conn: psycopg.Connection[Any], wait: float = 5.0) -> tup
 
 
 def run_rate(
-    log_dir: Path, api_key: str, count: int, latency_count: int, batch_rounds: int, timeout: float
+    log_dir: Path,
+    api_key: str,
+    count: int,
+    latency_count: int,
+    batch_rounds: int,
+    timeout: float,
+    api_processes: int = 2,
 ) -> Result:
-    """POST /jobs at 32 connections (committed rows must equal 2xx answers), p50 latency at
-    concurrency 1, and POST /jobs/batch jobs/s; the api runs without workers."""
+    """POST /jobs at 32 connections spread over `api_processes` api processes (committed
+    rows must equal 2xx answers), p50 latency at concurrency 1, and POST /jobs/batch
+    jobs/s; the api runs without workers."""
     rng = random.Random()
     product = services.start_ours(api_key, log_dir, processes=0, workers=False)
+    urls = services.start_more_api(product, api_processes - 1)
     headers = {"Authorization": f"Bearer {api_key}"}
     deadline = time.monotonic() + timeout
     try:
@@ -310,7 +318,7 @@ def run_rate(
                 latencies.append(time.perf_counter() - sent)
             rows_before = _rows()
             ok, errors, seconds = asyncio.run(
-                _concurrent_posts(product.base_url, headers, job_bodies(count, rng), 32, deadline)
+                _concurrent_posts(urls, headers, job_bodies(count, rng), 32, deadline)
             )
             rows_added = _rows() - rows_before
             batch_jobs, batch_seconds = 0, 0.0
@@ -327,6 +335,7 @@ def run_rate(
             "c1_requests": len(latencies),
             "c1_p50_ms": statistics.median(ordered) * 1000 if ordered else None,
             "c1_p99_ms": ordered[int(0.99 * (len(ordered) - 1))] * 1000 if ordered else None,
+            "api_processes": len(urls),
             "c32_requests": count,
             "c32_2xx": ok,
             "c32_errors": errors,
@@ -352,7 +361,7 @@ def _rows() -> int:
 
 
 async def _concurrent_posts(
-    base_url: str,
+    base_urls: list[str],
     headers: dict[str, str],
     bodies: list[dict[str, Any]],
     connections: int,
@@ -377,9 +386,15 @@ async def _concurrent_posts(
             else:
                 errors += 1
 
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, timeout=60, limits=limits
-    ) as http:
+    # One client per api process; the connections are spread evenly over them.
+    clients = [
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits)
+        for url in base_urls
+    ]
+    try:
         started = time.perf_counter()
-        await asyncio.gather(*(client_loop(http) for _ in range(connections)))
+        await asyncio.gather(*(client_loop(clients[i % len(clients)]) for i in range(connections)))
         return ok, errors, time.perf_counter() - started
+    finally:
+        for client in clients:
+            await client.aclose()

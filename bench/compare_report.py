@@ -200,7 +200,8 @@ def _rate_lines(report: dict[str, Any]) -> list[str]:
 
     return [
         "",
-        f"POST /jobs rate, api alone (1 uvicorn process, no workers), median of {len(runs)}:",
+        f"POST /jobs rate, api alone ({runs[0].get('api_processes', 1)} uvicorn processes, "
+        f"32 connections spread over them; no workers), median of {len(runs)}:",
         "",
         "| measure | value |",
         "|---|---|",

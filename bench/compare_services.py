@@ -19,7 +19,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.product import Process, Product, wait_until  # noqa: E402
+from tests.support.product import Process, Product, free_port, wait_until  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -139,6 +139,40 @@ def start_ours(api_key: str, log_dir: Path, processes: int, workers: bool = True
         product.stop()
         raise
     return product
+
+
+def start_more_api(product: Product, count: int) -> list[str]:
+    """`count` more api processes (uvicorn, as scripts/run.sh starts one) beside the
+    product's first, each on its own port; returns every api's base URL."""
+    urls = [product.base_url]
+    for index in range(count):
+        port = free_port()
+        process = product._spawn(
+            f"api-{index + 2}",
+            [
+                str(BIN / "uvicorn"),
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-config",
+                str(ROOT / "api" / "log_config.json"),
+            ],
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def ready(url: str = url, process: Process = process) -> bool:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"api exited:\n{process.log_tail()}")
+            try:
+                return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, 0.1, f"api {url} to be ready")
+        urls.append(url)
+    return urls
 
 
 @dataclass

@@ -12,6 +12,7 @@
 # tests' own business (no migration is applied here). Then pytest runs with the
 # configuration in pyproject.toml.
 #
+# Tests run in three pytest-xdist workers (TASKQ_TEST_WORKERS, 0 = one process).
 # The chaos tests (marker `chaos`, tests/chaos: about 5 minutes) are left out unless a
 # marker expression is given: run them with `bash scripts/test.sh -m chaos`. They start
 # their own PostgreSQL and RabbitMQ on free ports and never touch the services above.
@@ -41,7 +42,16 @@ redact() { printf '%s' "$1" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#'; }
 printf 'test: pytest with TASKQ_DATABASE_URL=%s TASKQ_BROKER_URL=%s\n' \
     "$(redact "$TASKQ_DATABASE_URL")" "$(redact "$TASKQ_BROKER_URL")"
 MARKERS=(-m "not chaos")
+# Three pytest-xdist workers, one test file each at a time, each with its own database and
+# vhost (tests/conftest.py): most tests wait on real processes, so three fit 2 cores and
+# the suite takes about half the time. TASKQ_TEST_WORKERS=0 (or an -n of your own) runs
+# it in one process.
+PARALLEL=(-n "${TASKQ_TEST_WORKERS:-3}" --dist loadfile)
 for arg in "$@"; do
-    case "$arg" in -m | -m*) MARKERS=() ;; esac
+    case "$arg" in
+        -m | -m*) MARKERS=() ;;
+        -n | -n* | --numprocesses*) PARALLEL=() ;;
+    esac
 done
-exec "$ROOT/.venv/bin/pytest" "${MARKERS[@]}" "$@"
+[ "${TASKQ_TEST_WORKERS:-3}" != "0" ] || PARALLEL=()
+exec "$ROOT/.venv/bin/pytest" "${MARKERS[@]}" "${PARALLEL[@]}" "$@"

@@ -7,9 +7,11 @@ TASKQ_BROKER_URL at the `taskq_test` vhost, so tests never touch a developer's d
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pika
 import pytest
 import sqlalchemy as sa
@@ -21,6 +23,48 @@ from queue_service.broker import connection_parameters
 from queue_service.job_types import load_job_modules
 from queue_service.settings import Settings
 from tests.support.product import ROOT, Product
+
+
+def _own_services_per_xdist_worker() -> None:
+    """Under pytest-xdist (`-n N`), each worker gets its own database and vhost
+    (`taskq_test` -> `taskq_gw0_test`, vhost `taskq_test_gw0`), created when missing:
+    tests truncate tables and purge queues, so workers must not share them."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or "TASKQ_DATABASE_URL" not in os.environ:
+        return
+    db_url = sa.engine.make_url(os.environ["TASKQ_DATABASE_URL"])
+    database = f"{(db_url.database or 'taskq_test').removesuffix('_test')}_{worker}_test"
+    admin = sa.create_engine(
+        db_url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
+    with admin.connect() as conn:
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database}
+        ).first()
+        if exists is None:
+            conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    admin.dispose()
+    os.environ["TASKQ_DATABASE_URL"] = db_url.set(database=database).render_as_string(
+        hide_password=False
+    )
+    broker = pika.URLParameters(os.environ["TASKQ_BROKER_URL"])
+    vhost = f"{broker.virtual_host}_{worker}"
+    management = os.environ.get("TASKQ_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+    auth = (broker.credentials.username, broker.credentials.password)
+    quoted = urllib.parse.quote(vhost, safe="")
+    httpx.put(f"{management}/api/vhosts/{quoted}", auth=auth, timeout=10).raise_for_status()
+    httpx.put(
+        f"{management}/api/permissions/{quoted}/{urllib.parse.quote(auth[0], safe='')}",
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        auth=auth,
+        timeout=10,
+    ).raise_for_status()
+    os.environ["TASKQ_BROKER_URL"] = (
+        f"amqp://{auth[0]}:{auth[1]}@{broker.host}:{broker.port}/{quoted}"
+    )
+
+
+_own_services_per_xdist_worker()
 
 # Settings every test product runs with: short simulated work, fast maintenance.
 FAST_ENV = {

@@ -370,7 +370,17 @@ document.addEventListener("alpine:init", () => {
         this.attempt(() => this.loadJob());
       } else if (this.view === "dead" && event.status === "failed") {
         this.attempt(() => this.loadDeadLetters());
+      } else if (this.view === "dashboard" && event.status) {
+        this.reloadOverviewSoon(); // a start or an end moves the token pool: show it live
       }
+    },
+
+    reloadOverviewSoon() {
+      if (this._overviewReload) return;
+      this._overviewReload = setTimeout(() => {
+        this._overviewReload = null;
+        this.attempt(() => this.loadOverview());
+      }, 250);
     },
 
     reloadJobsSoon() {

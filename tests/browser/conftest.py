@@ -13,11 +13,11 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import ProductFactory
-from tests.support.product import Product
+from tests.support.product import API_KEYS, Product
 
 CHROMIUM = Path("/usr/bin/chromium")
-# The admin key the console is opened with (TASKQ_API_KEYS is `scope:secret`).
-SECRET = "console-test-secret"
+# The admin key the console is opened with: the test product's own (tests/support/product).
+SECRET = API_KEYS["admin"]
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
@@ -41,8 +41,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def console_product(start_product: ProductFactory) -> Product:
-    """An api and two worker processes that accept the test key."""
-    return start_product(workers=2, TASKQ_API_KEYS=f"admin:{SECRET}")
+    """An api and two worker processes (they accept the test product's keys)."""
+    return start_product(workers=2)
 
 
 @pytest.fixture

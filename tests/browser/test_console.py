@@ -43,7 +43,7 @@ def test_jobs_list_follows_a_submitted_job_to_completion(
 ) -> None:
     open_console(page, console_product, "jobs")
 
-    job_id = console_product.submit({"type": "noop", "payload": {"duration_seconds": 1.5}}, **AUTH)[
+    job_id = console_product.submit({"type": "noop", "payload": {"duration_seconds": 1.5}})[
         "job_id"
     ]
 
@@ -60,15 +60,14 @@ def test_jobs_list_follows_a_submitted_job_to_completion(
 def test_job_page_links_dependencies_and_renders_text_not_html(
     page: Page, console_product: Product
 ) -> None:
-    parent = console_product.submit({"job_id": "parent_1", "type": "noop"}, **AUTH)["job_id"]
+    parent = console_product.submit({"job_id": "parent_1", "type": "noop"})["job_id"]
     child = console_product.submit(
         {
             "job_id": "child_1",
             "type": "noop",
             "depends_on": [parent],
             "payload": {"note": "<img src=x onerror=alert(1)>"},
-        },
-        **AUTH,
+        }
     )["job_id"]
     console_product.wait_all_terminal([parent, child])
     open_console(page, console_product, f"jobs/{child}")
@@ -83,7 +82,7 @@ def test_job_page_links_dependencies_and_renders_text_not_html(
 
 
 def test_a_dead_letter_is_replayed_from_the_console(page: Page, console_product: Product) -> None:
-    job_id = console_product.submit({"type": "invalid_operation"}, **AUTH)["job_id"]
+    job_id = console_product.submit({"type": "invalid_operation"})["job_id"]
     console_product.wait_for_status(job_id, "failed")
     letters = console_product.http.get("/dead-letters", headers=AUTH).json()["items"]
     (letter,) = [d for d in letters if d["job_id"] == job_id]
@@ -119,8 +118,8 @@ def _serious_violations(page: Page) -> list[dict[str, object]]:
 
 
 def test_no_serious_accessibility_violations(page: Page, console_product: Product) -> None:
-    job_id = console_product.submit({"type": "noop"}, **AUTH)["job_id"]
-    failed = console_product.submit({"type": "invalid_operation"}, **AUTH)["job_id"]
+    job_id = console_product.submit({"type": "noop"})["job_id"]
+    failed = console_product.submit({"type": "invalid_operation"})["job_id"]
     console_product.wait_all_terminal([job_id, failed])
 
     page.goto(console_product.base_url)  # the key form

@@ -19,11 +19,9 @@ SCENARIO = load_scenario("4_resource_contention")
 def test_dashboard_during_resource_contention(
     page: Page, start_product: ProductFactory, tmp_path: Path
 ) -> None:
-    product = start_product(
-        workers=2, TASKQ_API_KEYS="admin:console-test-secret", TASKQ_DURATION_SCALE="0.4"
-    )
+    product = start_product(workers=2, TASKQ_DURATION_SCALE="0.4")
     open_console(page, product)
-    warmup = [product.submit({"type": "noop"}, **AUTH)["job_id"] for _ in range(10)]
+    warmup = [product.submit({"type": "noop"})["job_id"] for _ in range(10)]
     product.wait_all_terminal(warmup)
 
     response = product.http.post("/jobs/batch", json={"jobs": SCENARIO["jobs"]}, headers=AUTH)
