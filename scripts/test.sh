@@ -50,6 +50,7 @@ PARALLEL=(-n "${TASKQ_TEST_WORKERS:-3}" --dist loadfile)
 for arg in "$@"; do
     case "$arg" in
         -m | -m*) MARKERS=() ;;
+        *chaos*) PARALLEL=() ;; # fault injection with timings: one at a time
         -n | -n* | --numprocesses*) PARALLEL=() ;;
     esac
 done
