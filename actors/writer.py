@@ -25,10 +25,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from queue_service.broker import TaskQueueBroker
-from queue_service.db import in_transaction
-from queue_service.lifecycle import AttemptEnd
+from queue_service.db import in_transaction, relaxed_commit
+from queue_service.lifecycle import AttemptEnd, release_and_admit
 from queue_service.logging import get_logger
-from queue_service.publisher import dead_letter_body, publish_admitted
+from queue_service.publisher import Admitted, dead_letter_body, publish_admitted
 from queue_service.repository import leases as leases_repo
 from queue_service.repository.jobs import ClaimedAttempt
 from queue_service.retry_policy import AttemptResult, Outcome
@@ -173,7 +173,7 @@ class AttemptWriter:
     def _flush(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
         try:
-            result = self._apply(batch)
+            result, admitted = self._apply(batch)
         except sa.exc.DBAPIError as error:
             if len(batch) > 1 and not error.connection_invalidated:
                 # One bad item must not fail the others: apply each on its own.
@@ -189,11 +189,11 @@ class AttemptWriter:
                 request.answer.set_exception(error)
             return
         applied = time.perf_counter()
-        publish_admitted(self._broker, result.admitted)
+        publish_admitted(self._broker, admitted)
         log.debug(
             "writer_flush",
             size=len(batch),
-            admitted=len(result.admitted),
+            admitted=len(admitted),
             transaction_ms=round((applied - started) * 1000, 2),
             publish_ms=round((time.perf_counter() - applied) * 1000, 2),
         )
@@ -205,18 +205,25 @@ class AttemptWriter:
             else:
                 request.answer.set_result(result.outcomes.get(key))
 
-    def _apply(self, batch: list[_Request]) -> BatchResult:
+    def _apply(self, batch: list[_Request]) -> tuple[BatchResult, list[Admitted]]:
         claims = [r.item for r in batch if isinstance(r.item, ClaimRequest)]
         ends = [r.item for r in batch if isinstance(r.item, AttemptEnd)]
-        return in_transaction(
+        now = datetime.now(UTC)
+        # 1. Claims, outcomes, dependents, events: committed durably.
+        result = in_transaction(
             self._engine,
             lambda conn: apply_batch(
-                conn,
-                self._settings,
-                self._worker,
-                claims,
-                ends,
-                datetime.now(UTC),
-                dead_letter_body,
+                conn, self._settings, self._worker, claims, ends, now, dead_letter_body
             ),
         )
+        if not result.releases:
+            return result, []
+        # 2. Leases and tokens back, admission: the pool row, locked for one statement and
+        # a commit that does not wait for the disk (see lifecycle.release_and_admit).
+        admitted = in_transaction(
+            self._engine,
+            lambda conn: release_and_admit(
+                relaxed_commit(conn), self._settings, result.releases, now
+            ),
+        )
+        return result, admitted

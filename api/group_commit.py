@@ -24,11 +24,12 @@ import sqlalchemy as sa
 from api.schemas import JobAccepted
 from queue_service import errors
 from queue_service.broker import TaskQueueBroker
-from queue_service.db import in_transaction
+from queue_service.db import in_transaction, relaxed_commit
 from queue_service.logging import get_logger
 from queue_service.model import JobStatus
 from queue_service.publisher import publish_admitted
 from queue_service.repository import jobs as jobs_repo
+from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_jobs
 
@@ -43,10 +44,10 @@ class Answer:
     created: bool
 
 
-def accepted_job(conn: sa.Connection, job: Any, admitted: bool = False) -> JobAccepted:
+def accepted_job(conn: sa.Connection, job: Any) -> JobAccepted:
     """The answer to a submission; `position_in_queue` only while it waits for tokens."""
     position = None
-    if job.status == JobStatus.PENDING and job.queued_at is None and not admitted:
+    if job.status == JobStatus.PENDING and job.queued_at is None:
         position = jobs_repo.position_in_queue(conn, job.rank, job.seq)
     return JobAccepted(
         job_id=job.id,
@@ -117,19 +118,28 @@ class SubmissionGroups:
     def _store_together(self, specs: Sequence[JobSpec]) -> list[Answer | Exception]:
         now = datetime.now(UTC)
 
-        def work(conn: sa.Connection) -> tuple[list[Answer | Exception], list[Any]]:
-            results, admitted = submit_jobs(conn, self._settings, specs, now)
-            admitted_ids = {a.job_id for a in admitted}
+        def store(conn: sa.Connection) -> list[Answer | Exception]:
             answers: list[Answer | Exception] = []
-            for result in results:
+            for result in submit_jobs(conn, self._settings, specs, now):
                 if isinstance(result, errors.TaskQueueError):
                     answers.append(result)
                 else:
-                    job = result.job
-                    accepted = accepted_job(conn, job, admitted=job.id in admitted_ids)
-                    answers.append(Answer(accepted, result.created))
-            return answers, admitted
+                    answers.append(Answer(accepted_job(conn, result.job), result.created))
+            return answers
 
-        answers, admitted = in_transaction(self._engine, work)
-        publish_admitted(self._broker, admitted)
+        answers = in_transaction(self._engine, store)
+        if any(isinstance(a, Answer) and a.accepted.status == JobStatus.PENDING for a in answers):
+            admit_after_commit(self._engine, self._settings, self._broker, now)
         return answers
+
+
+def admit_after_commit(
+    engine: sa.Engine, settings: Settings, broker: TaskQueueBroker, now: datetime
+) -> None:
+    """Admit what was just committed, in a transaction of its own that neither waits for
+    a busy pool row (SKIP LOCKED: the admitter holding it, the next worker batch or the
+    ticker admits these jobs) nor holds it across a disk sync (admission is re-derived)."""
+    admitted = in_transaction(
+        engine, lambda conn: admit_ready_jobs(relaxed_commit(conn), settings, now, wait=False)
+    )
+    publish_admitted(broker, admitted)

@@ -41,3 +41,11 @@ def in_transaction(engine: sa.Engine, work: Callable[[sa.Connection], T], attemp
             if attempt == attempts or not retryable:
                 raise
     raise AssertionError("unreachable")
+
+
+def relaxed_commit(conn: sa.Connection) -> sa.Connection:
+    """This transaction's commit does not wait for its WAL to reach the disk
+    (`synchronous_commit = off`, for this transaction only). Only for work a crash may
+    lose because it is re-derived: admission and token accounting, never a job's state."""
+    conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+    return conn

@@ -24,7 +24,6 @@ from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import leases as leases_repo
-from queue_service.repository.leases import Lease
 from queue_service.retry_policy import AttemptResult, Outcome, decide_outcome
 from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings
@@ -56,6 +55,7 @@ class FinishedAttempts:
 
     outcomes: dict[tuple[str, int], Outcome] = field(default_factory=dict)
     admitted: list[Admitted] = field(default_factory=list)
+    releases: list[tuple[str, int | None]] = field(default_factory=list)
 
 
 def _transition_events(
@@ -67,9 +67,12 @@ def _transition_events(
     ]
 
 
-def _cascade_cancel(conn: sa.Connection, root_id: str, reason: str, now: datetime) -> list[Lease]:
-    """Cancel every unfinished dependent of `root_id`; returns the leases to give back."""
-    released: list[Lease] = []
+def _cascade_cancel(
+    conn: sa.Connection, root_id: str, reason: str, now: datetime
+) -> list[tuple[str, int | None]]:
+    """Cancel every unfinished dependent of `root_id`; returns the leases to release (a
+    pending dependent may hold an admitted, unclaimed one)."""
+    releases: list[tuple[str, int | None]] = []
     # Repeat until nothing is left: a submission adding a dependent to a descendant commits
     # while the statement waits on that descendant's row lock, so the statement's snapshot
     # misses the new edge; the next statement's snapshot has it.
@@ -77,10 +80,23 @@ def _cascade_cancel(conn: sa.Connection, root_id: str, reason: str, now: datetim
         events_repo.record_events(
             conn, _transition_events(changes, now, message=f"cancelled: {reason}")
         )
-        # A pending dependent may hold an admitted, unclaimed lease.
-        pending = [(c.job_id, None) for c in changes if c.previous_status == JobStatus.PENDING]
-        released += leases_repo.release_leases(conn, pending)
-    return released
+        releases += [(c.job_id, None) for c in changes if c.previous_status == JobStatus.PENDING]
+    return releases
+
+
+def release_and_admit(
+    conn: sa.Connection,
+    settings: Settings,
+    releases: Sequence[tuple[str, int | None]],
+    now: datetime,
+) -> list[Admitted]:
+    """Delete these leases, give their tokens back and admit what they allow: the part of
+    ending attempts that touches the pool row. The worker's writer runs it in a second
+    transaction without waiting for the WAL flush (synchronous_commit off), so the pool
+    row is never held across a disk sync: losing it in a crash loses nothing that is not
+    re-derived (a lease of an ended attempt is reclaimed, a lost admission is redone)."""
+    released = leases_repo.release_leases(conn, releases)
+    return admit_ready_jobs(conn, settings, now, released=released)
 
 
 def retry_config_of(job: sa.Row[Any]) -> RetryConfig:
@@ -126,10 +142,14 @@ def finish_attempts(
     now: datetime,
     dead_letter_message: Callable[[str, int], dict[str, Any]],
     other_events: Sequence[events_repo.JobEvent] = (),
+    *,
+    release: bool = True,
 ) -> FinishedAttempts:
     """Record the end of many attempts: outcomes, dependents, dead letters, tokens and the
     admission those tokens allow, in a handful of statements for the whole batch.
     `other_events` (the batch's claims) are written with the outcomes, in one INSERT.
+    With release=False the leases to release are returned (`releases`) for the caller to
+    pass to `release_and_admit` in a transaction of its own.
 
     Guarded by (job_id, status running, attempt): finishing an attempt twice, or one that
     maintenance already reclaimed, changes nothing but a leftover lease.
@@ -180,9 +200,9 @@ def finish_attempts(
     ready = jobs_repo.unblock_dependents(conn, completed, now, settings.aging_seconds_per_level)
     events += _transition_events(ready, now, message="dependencies completed")
     events_repo.record_events(conn, events)
-    released: list[Lease] = []
+    releases: list[tuple[str, int | None]] = []
     for job_id, job_type, end, outcome in dead:
-        released += _cascade_cancel(conn, job_id, f"upstream_failed:{job_id}", now)
+        releases += _cascade_cancel(conn, job_id, f"upstream_failed:{job_id}", now)
         dead_letters_repo.record_dead_letter(
             conn,
             job_id=job_id,
@@ -194,9 +214,12 @@ def finish_attempts(
             now=now,
         )
     for job_id in cancelled:
-        released += _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
-    released += leases_repo.release_leases(conn, [(e.job_id, e.attempt) for e in ends])
-    finished.admitted = admit_ready_jobs(conn, settings, now, released=released)
+        releases += _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
+    releases += [(e.job_id, e.attempt) for e in ends]
+    if release:
+        finished.admitted = release_and_admit(conn, settings, releases, now)
+    else:
+        finished.releases = releases
     return finished
 
 
@@ -249,9 +272,9 @@ def cancel_job(conn: sa.Connection, settings: Settings, job_id: str, now: dateti
     events_repo.record_events(
         conn, _transition_events([change], now, message="cancelled by request")
     )
-    released = _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
-    released += leases_repo.release_leases(conn, [(job_id, None)])
-    return Consequences(admitted=admit_ready_jobs(conn, settings, now, released=released))
+    releases = _cascade_cancel(conn, job_id, f"upstream_cancelled:{job_id}", now)
+    releases.append((job_id, None))
+    return Consequences(admitted=release_and_admit(conn, settings, releases, now))
 
 
 def replay_dead_letter(

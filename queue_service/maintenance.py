@@ -13,7 +13,7 @@ import dramatiq
 import sqlalchemy as sa
 
 from queue_service import metrics, names
-from queue_service.db import in_transaction
+from queue_service.db import in_transaction, relaxed_commit
 from queue_service.lifecycle import AttemptEnd, finish_attempts, promote_due_jobs
 from queue_service.logging import get_logger
 from queue_service.model import JobStatus, Priority
@@ -63,7 +63,9 @@ def run_maintenance(
         admitted += [Admitted(r.job_id, r.attempt, Priority(r.priority)) for r in stale]
         return promoted, admitted
 
-    first = in_transaction(engine, promote_admit_republish)
+    # Promotions, admissions and republish marks are re-derived if a crash loses them: the
+    # commit need not wait for the disk while it holds the pool row.
+    first = in_transaction(engine, lambda conn: promote_admit_republish(relaxed_commit(conn)))
     if first is None:
         return MaintenanceReport(ran=False)
     promoted, admitted = first

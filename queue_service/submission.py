@@ -177,17 +177,16 @@ def _submitted_event(row: dict[str, Any], now: datetime) -> events_repo.JobEvent
 
 def submit_jobs(
     conn: sa.Connection, settings: Settings, specs: Sequence[JobSpec], now: datetime
-) -> tuple[list[Submitted | errors.TaskQueueError], list[Admitted]]:
+) -> list[Submitted | errors.TaskQueueError]:
     """Store independent submissions in one transaction (the api's group commit): each
-    gets its own answer (stored, the original of a repeat, or why it was refused), and
-    admission runs once for all of them.
+    gets its own answer (stored, the original of a repeat, or why it was refused). The
+    caller admits once for all of them, after the commit (`admit_ready_jobs`).
 
     Every spec must carry its job id already (`with_job_id`): ids are drawn outside any
     transaction that may be run again, so a retry after a lost commit answer finds the
     job it stored instead of storing it twice.
     """
     answers: list[Submitted | errors.TaskQueueError] = []
-    ready = False
     for spec in specs:
         try:
             submitted, _ = submit_job(conn, settings, spec, now, admit=False)
@@ -195,9 +194,7 @@ def submit_jobs(
             answers.append(error)
             continue
         answers.append(submitted)
-        ready = ready or (submitted.created and submitted.job.status == "pending")
-    admitted = admit_ready_jobs(conn, settings, now, wait=False) if ready else []
-    return answers, admitted
+    return answers
 
 
 def with_job_id(spec: JobSpec) -> JobSpec:
@@ -259,7 +256,12 @@ def _original(conn: sa.Connection, spec: JobSpec) -> sa.Row[Any] | None:
 
 
 def submit_batch(
-    conn: sa.Connection, settings: Settings, specs: Sequence[JobSpec], now: datetime
+    conn: sa.Connection,
+    settings: Settings,
+    specs: Sequence[JobSpec],
+    now: datetime,
+    *,
+    admit: bool = True,
 ) -> tuple[list[dict[str, Any]], list[Admitted]]:
     """Store a whole batch atomically: validated as one graph, bulk-inserted (COPY).
 
@@ -304,7 +306,6 @@ def submit_batch(
         ],
     )
     events_repo.record_events(conn, [_submitted_event(row, now) for row in rows])
-    admitted = (
-        admit_ready_jobs(conn, settings, now) if any(r["status"] == "pending" for r in rows) else []
-    )
+    ready = admit and any(r["status"] == "pending" for r in rows)
+    admitted = admit_ready_jobs(conn, settings, now) if ready else []
     return rows, admitted

@@ -2,8 +2,9 @@
 
 A worker process funnels every claim and every finished attempt of its threads through
 one writer (actors/writer.py), which calls `apply_batch` once per flush: the claims are one
-guarded UPDATE, the ends a handful of statements, admission one function call, and the
-job events one INSERT, whatever the batch's size. The caller commits, then publishes.
+guarded UPDATE, the ends a handful of statements and the job events one INSERT, whatever
+the batch's size. The caller commits (durably), then releases the ended attempts' leases
+and admits in a second transaction (`lifecycle.release_and_admit`), then publishes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sqlalchemy as sa
 
 from queue_service.lifecycle import AttemptEnd, finish_attempts
 from queue_service.model import JobStatus
-from queue_service.publisher import Admitted
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository.jobs import ClaimedAttempt
@@ -36,7 +36,9 @@ class ClaimRequest:
 class BatchResult:
     claimed: dict[tuple[str, int], ClaimedAttempt] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], Outcome] = field(default_factory=dict)
-    admitted: list[Admitted] = field(default_factory=list)
+    # Leases of the ended attempts (and of pending dependents cancelled with them), for
+    # `lifecycle.release_and_admit` in the writer's second, pool-row transaction.
+    releases: list[tuple[str, int | None]] = field(default_factory=list)
 
 
 def apply_batch(
@@ -74,7 +76,9 @@ def apply_batch(
     if not ends:
         events_repo.record_events(conn, claim_events)
         return result
-    finished = finish_attempts(conn, settings, ends, now, dead_letter_message, claim_events)
+    finished = finish_attempts(
+        conn, settings, ends, now, dead_letter_message, claim_events, release=False
+    )
     result.outcomes = finished.outcomes
-    result.admitted = finished.admitted
+    result.releases = finished.releases
     return result

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import READ, SUBMIT, AppState, State
 from api.errors import ERROR_RESPONSES
+from api.group_commit import admit_after_commit
 from api.schemas import (
     MAX_PAYLOAD_BYTES,
     BatchAccepted,
@@ -97,10 +98,11 @@ def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
     now = _now()
 
     def work(conn: sa.Connection) -> tuple[list[dict[str, Any]], list[Admitted]]:
-        return submit_batch(conn, state.settings, specs, now)
+        return submit_batch(conn, state.settings, specs, now, admit=False)
 
-    rows, admitted = in_transaction(state.engine, work)
-    _publish(state, admitted)
+    rows, _ = in_transaction(state.engine, work)
+    if any(row["status"] == JobStatus.PENDING for row in rows):
+        admit_after_commit(state.engine, state.settings, state.broker, now)
     metrics.jobs_submitted(len(rows))
     return BatchAccepted(
         items=[

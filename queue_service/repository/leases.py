@@ -39,11 +39,14 @@ def release_leases(conn: sa.Connection, attempts: Sequence[tuple[str, int | None
 
 def renew_leases(conn: sa.Connection, worker: str, ttl_seconds: float, now: datetime) -> int:
     """The heartbeat of a worker process: its running attempts' leases live on. A HOT
-    update of a few narrow rows (expires_at is in no index)."""
+    update of a few narrow rows (expires_at is in no index). A lease whose attempt has
+    ended but whose release was lost (a crash between the outcome's commit and the token
+    return) is not renewed: it expires and maintenance releases it."""
     result = conn.execute(
         sa.text(
-            "UPDATE leases SET expires_at = :now + :ttl * interval '1 second' "
-            "WHERE worker = :worker AND started_at IS NOT NULL"
+            "UPDATE leases l SET expires_at = :now + :ttl * interval '1 second' "
+            "FROM jobs j WHERE l.worker = :worker AND l.started_at IS NOT NULL "
+            "AND j.id = l.job_id AND j.status = 'running' AND j.attempts = l.attempt"
         ),
         {"now": now, "ttl": ttl_seconds, "worker": worker},
     )
