@@ -20,6 +20,7 @@ from alembic.config import Config
 
 from queue_service import names
 from queue_service.broker import connection_parameters
+from queue_service.db import in_transaction
 from queue_service.job_types import load_job_modules
 from queue_service.settings import Settings
 from tests.support.product import ROOT, Product
@@ -32,6 +33,9 @@ def _own_services_per_xdist_worker() -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if not worker or "TASKQ_DATABASE_URL" not in os.environ:
         return
+    if os.environ.get("TASKQ_TEST_SERVICES_OF") == worker:
+        return  # done already (this module is imported again as `tests.conftest`)
+    os.environ["TASKQ_TEST_SERVICES_OF"] = worker
     db_url = sa.engine.make_url(os.environ["TASKQ_DATABASE_URL"])
     database = f"{(db_url.database or 'taskq_test').removesuffix('_test')}_{worker}_test"
     admin = sa.create_engine(
@@ -139,7 +143,8 @@ def purge_queues(settings: Settings) -> None:
 @pytest.fixture
 def clean_state(migrated: None, settings: Settings, engine: sa.Engine) -> None:
     """Empty tables, an idle unpaused pool at the configured capacity, empty queues."""
-    with engine.begin() as conn:
+
+    def empty(conn: sa.Connection) -> None:
         conn.execute(sa.text("TRUNCATE jobs, job_dependencies, job_events, leases, dead_letters"))
         conn.execute(
             sa.text(
@@ -149,6 +154,10 @@ def clean_state(migrated: None, settings: Settings, engine: sa.Engine) -> None:
             ),
             {"cpu": settings.pool_cpu_units, "mem": settings.pool_memory_mb},
         )
+
+    # A product stopping from the previous test may still write: a deadlock with the
+    # TRUNCATE is retried.
+    in_transaction(engine, empty)
     purge_queues(settings)
 
 

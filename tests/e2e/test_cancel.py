@@ -228,8 +228,10 @@ def test_cancel_racing_completion_has_one_consistent_outcome(
             case 2:
                 time.sleep(rng.uniform(0.0, 0.1))
             case 3:
+                # The handler starts once the claim's batch is answered, a few ms after the
+                # claim is visible: aim on both sides of its end
                 wait_until(partial(claimed, job_id), 10, 0.002)
-                time.sleep(rng.uniform(0.03, 0.06))
+                time.sleep(rng.uniform(0.045, 0.08))
         answers[job_id] = cancel(product, job_id).status_code
     jobs = product.wait_all_terminal(list(answers), timeout=30)
 
