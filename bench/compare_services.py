@@ -83,7 +83,7 @@ def ours_env(api_key: str) -> dict[str, str]:
     return {
         "TASKQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{OURS_DB}",
         "TASKQ_BROKER_URL": f"{AMQP}/{VHOSTS['ours']}",
-        "TASKQ_LOG_LEVEL": "WARNING",
+        "TASKQ_LOG_LEVEL": "INFO",  # the default: its per-job lines are part of the cost
         "TASKQ_POOL_CPU_UNITS": str(POOL_CPU_UNITS),
         "TASKQ_POOL_MEMORY_MB": str(POOL_MEMORY_MB),
         "TASKQ_API_KEYS": f"admin:{api_key}",
