@@ -84,12 +84,6 @@ def test_rabbitmq_restarted_mid_run(
     )
 
 
-@pytest.mark.xfail(
-    reason="heartbeats fail while PostgreSQL is down, so when it returns maintenance "
-    "reclaims leases (lease_reclaimed) before the retried completions (finish_retrying) "
-    "land: those attempts count as worker_lost and their jobs run a second time",
-    strict=False,
-)
 def test_postgresql_restarted_mid_run(
     start_supervised: StartProduct, chaos_engine: sa.Engine, chaos_postgresql: PostgreSQLExecutor
 ) -> None:

@@ -30,7 +30,7 @@ import psycopg
 import sqlalchemy as sa
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from tests.support.product import ROOT, free_port, wait_until
+from tests.support.product import API_KEYS, ROOT, api_keys_env, bearer, free_port, wait_until
 
 TERMINAL = {"completed", "failed", "cancelled"}
 END_EVENTS = ("job_completed", "job_retrying", "job_failed", "job_cancelled")
@@ -126,7 +126,11 @@ class Supervised:
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api_port}",
+            timeout=30,
+            headers=bearer(API_KEYS["admin"]),
+        )
 
     def start(self) -> None:
         env = {
@@ -137,6 +141,7 @@ class Supervised:
             "TASKQ_WORKER_PROCESSES": str(self.workers),
             "TASKQ_SKIP_SERVICES": "1",  # the private services are the tests' business
             "TASKQ_SKIP_MIGRATIONS": "1",
+            "TASKQ_API_KEYS": api_keys_env(),  # the test product's keys, not a generated one
         }
         self.popen = subprocess.Popen(
             ["bash", str(ROOT / "scripts" / "run.sh")],
@@ -173,16 +178,18 @@ class Supervised:
             return []
 
     def worker_processes(self) -> list[psutil.Process]:
-        """The dramatiq worker processes (children of a dramatiq master)."""
+        """The dramatiq worker processes (children of a dramatiq master, which scripts/run.sh
+        starts as `python -m actors.cli actors.worker`)."""
+
+        def is_worker(process: psutil.Process) -> bool:
+            command = " ".join(process.cmdline())
+            return "dramatiq" in command or "actors.cli" in command
+
         found = []
         for process in self._tree():
             with contextlib.suppress(psutil.NoSuchProcess):
                 parent = process.parent()
-                if (
-                    parent is not None
-                    and "dramatiq" in " ".join(process.cmdline())
-                    and "dramatiq" in " ".join(parent.cmdline())
-                ):
+                if parent is not None and is_worker(process) and is_worker(parent):
                     found.append(process)
         return found
 
