@@ -342,10 +342,16 @@ def wait_progress(engine: sa.Engine, prefix: str, fraction: float, timeout: floa
 
 
 def leases_of_worker(engine: sa.Engine, pid: int) -> list[tuple[str, int]]:
-    """(job_id, attempt) of the running attempts claimed by worker process `pid`."""
+    """(job_id, attempt) of the running attempts claimed by worker process `pid` (a lease
+    whose attempt already ended, its release not yet committed, is not one: maintenance
+    just releases it)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.text("SELECT job_id, attempt FROM leases WHERE worker LIKE :worker"),
+            sa.text(
+                "SELECT l.job_id, l.attempt FROM leases l JOIN jobs j ON j.id = l.job_id "
+                "WHERE l.worker LIKE :worker AND j.status = 'running' "
+                "AND j.attempts = l.attempt"
+            ),
             {"worker": f"%:{pid}"},
         ).all()
     return [(r[0], int(r[1])) for r in rows]
