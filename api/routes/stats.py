@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from api.deps import READ, AppState, State
 from api.errors import AUTH_RESPONSES
+from queue_service.admission import PoolState
 from queue_service.model import JobStatus, Priority
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import jobs as jobs_repo
@@ -34,18 +35,7 @@ def collect_stats(state: AppState) -> dict[str, Any]:
     return {
         "jobs_by_status": {s.value: counts.get(s.value, 0) for s in JobStatus},
         "queue_depth_by_priority": {p.value: depth.get(p.value, 0) for p in Priority},
-        "tokens": {
-            "cpu_units": {
-                "capacity": pool.cpu_capacity,
-                "used": pool.cpu_used,
-                "free": pool.cpu_free,
-            },
-            "memory_mb": {
-                "capacity": pool.memory_capacity,
-                "used": pool.memory_used,
-                "free": pool.memory_free,
-            },
-        },
+        "tokens": _tokens(pool),
         "scheduler_paused": pool.paused,
         "throughput": {
             "completed_last_60s": completed,
@@ -58,6 +48,18 @@ def collect_stats(state: AppState) -> dict[str, Any]:
             "run": {"p50": timings.run_p50, "p95": timings.run_p95, "p99": timings.run_p99},
         },
         "dead_letters_open": dead,
+    }
+
+
+def _tokens(pool: PoolState) -> dict[str, dict[str, int]]:
+    """The pool's capacity, used and free tokens per unit, as both stats routes show them."""
+    return {
+        "cpu_units": {"capacity": pool.cpu_capacity, "used": pool.cpu_used, "free": pool.cpu_free},
+        "memory_mb": {
+            "capacity": pool.memory_capacity,
+            "used": pool.memory_used,
+            "free": pool.memory_free,
+        },
     }
 
 
@@ -79,18 +81,7 @@ def overview(state: State) -> dict[str, Any]:
         view = read_overview(conn, now, state.settings.worker_heartbeat_seconds)
     pool = view.pool
     return {
-        "tokens": {
-            "cpu_units": {
-                "capacity": pool.cpu_capacity,
-                "used": pool.cpu_used,
-                "free": pool.cpu_free,
-            },
-            "memory_mb": {
-                "capacity": pool.memory_capacity,
-                "used": pool.memory_used,
-                "free": pool.memory_free,
-            },
-        },
+        "tokens": _tokens(pool),
         "scheduler_paused": pool.paused,
         "queue_depth_by_priority": view.ready_by_priority,
         "active_jobs_by_status": view.active_by_status,
