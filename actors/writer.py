@@ -1,11 +1,19 @@
 """The worker process's one database writer: group commit for claims and attempt ends.
 
 Every worker thread hands its claim ("may I run attempt N of job X?") and its attempt's
-end to this writer and waits for the answer. The writer thread takes whatever requests
-are waiting (at once when idle, so an idle worker adds no delay), applies them in one
-transaction (`worker_batch.apply_batch`), commits, publishes what the returned tokens
-admitted, and answers every request of the batch. Under load a batch holds the requests
-that arrived during the previous transaction: per-job cost falls as load rises.
+end to this writer. The writer thread takes whatever requests are waiting (at once when
+idle, so an idle worker adds no delay), applies them in one flush
+(`worker_batch.apply_flush`: one statement, in autocommit, when every end succeeded),
+publishes what the returned tokens admitted, and answers the requests of the flush. Under
+load a flush holds the requests that arrived during the previous one: per-job cost falls
+as load rises.
+
+A claim waits for its answer (the attempt runs only if the claim committed). A succeeded
+attempt does not: its thread goes on with the next message while the writer records the
+end (`finish_later`), retrying until PostgreSQL has it. If the process dies before that,
+the attempt's lease expires and the attempt is retried, as for a process that dies while
+its handler runs. Other ends wait for their outcome: a final failure dead-letters the
+message, which must happen before it is acknowledged.
 
 The same thread is the process's heartbeat: every `heartbeat_seconds` it renews the leases
 of the attempts this process runs, so they expire `lease_ttl_seconds` after the process
@@ -17,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,15 +34,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from queue_service.broker import TaskQueueBroker
-from queue_service.db import in_transaction, relaxed_commit
-from queue_service.lifecycle import AttemptEnd, release_and_admit
+from queue_service.db import in_autocommit, in_transaction
+from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
-from queue_service.publisher import Admitted, dead_letter_body, publish_admitted
+from queue_service.publisher import dead_letter_body, publish_admitted
 from queue_service.repository import leases as leases_repo
 from queue_service.repository.jobs import ClaimedAttempt
 from queue_service.retry_policy import AttemptResult, Outcome
 from queue_service.settings import Settings
-from queue_service.worker_batch import BatchResult, ClaimRequest, apply_batch
+from queue_service.worker_batch import ClaimRequest, FlushResult, apply_flush, split_ends
 
 log = get_logger(__name__)
 
@@ -43,10 +52,16 @@ MAX_BATCH = 512
 FINISH_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Request:
-    item: ClaimRequest | AttemptEnd
-    answer: Future[Any]
+    item: ClaimRequest | AttemptEnd | None  # None: a barrier (see `drain`)
+    # The waiting thread's answer; None for an end recorded later (`finish_later`).
+    answer: Future[Any] | None
+    on_recorded: Callable[[Outcome | None], None] | None = None
+    tries: int = 0
+
+
+_STOP = object()
 
 
 class AttemptWriter:
@@ -59,7 +74,9 @@ class AttemptWriter:
         self._settings = settings
         self._broker = broker
         self._worker = worker
-        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Ends recorded later whose flush failed: (monotonic time due, request).
+        self._retries: list[tuple[float, _Request]] = []
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -73,7 +90,7 @@ class AttemptWriter:
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._requests.put(None)
+            self._requests.put(_STOP)
             self._thread.join(timeout=10)
 
     # --- what worker threads call ----------------------------------------------------
@@ -105,9 +122,23 @@ class AttemptWriter:
                 time.sleep(delay)
         raise RuntimeError("unreachable: the retry schedule is practically endless")
 
+    def finish_later(
+        self, end: AttemptEnd, on_recorded: Callable[[Outcome | None], None] | None = None
+    ) -> None:
+        """Record a succeeded attempt's end without waiting: the writer retries it until
+        PostgreSQL has it, then calls `on_recorded` with its outcome (None when the attempt
+        was no longer running) on the writer thread."""
+        self._ensure_started()
+        self._requests.put(_Request(end, None, on_recorded))
+
+    def drain(self) -> None:
+        """Wait until everything queued before this call has been flushed once."""
+        self._submit(None)
+
     def give_back_running(self) -> int:
         """At shutdown: end every attempt this process claimed and has not finished as
         INTERRUPTED (retried at once, not counted), which returns their tokens."""
+        self.drain()  # ends recorded later are recorded first: those attempts are done
         with self._engine.connect() as conn:
             running = leases_repo.started_by(conn, self._worker)
         for job_id, attempt in running:
@@ -122,7 +153,7 @@ class AttemptWriter:
             )
         return len(running)
 
-    def _submit(self, item: ClaimRequest | AttemptEnd) -> Any:
+    def _submit(self, item: ClaimRequest | AttemptEnd | None) -> Any:
         self._ensure_started()
         answer: Future[Any] = Future()
         self._requests.put(_Request(item, answer))
@@ -132,33 +163,67 @@ class AttemptWriter:
 
     def _run(self) -> None:
         next_heartbeat = time.monotonic()
-        while True:
-            if time.monotonic() >= next_heartbeat:
+        stopping = False
+        while not stopping:
+            now = time.monotonic()
+            if now >= next_heartbeat:
                 self._heartbeat()
                 next_heartbeat = time.monotonic() + self._settings.heartbeat_seconds
+            batch = self._due_retries(now)
+            wait_until = min([next_heartbeat, *(due for due, _ in self._retries)])
             try:
-                first = self._requests.get(timeout=max(0.0, next_heartbeat - time.monotonic()))
+                if batch:
+                    first = self._requests.get_nowait()
+                else:
+                    first = self._requests.get(timeout=max(0.0, wait_until - time.monotonic()))
             except queue.Empty:
-                continue
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
+                first = None
+            if first is _STOP:
+                stopping = True
+            elif first is not None:
+                batch.append(first)
+            while not stopping and len(batch) < MAX_BATCH:
                 try:
                     following = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                if following is None:
-                    self._requests.put(None)  # stop after this batch
-                    break
-                batch.append(following)
+                if following is _STOP:
+                    stopping = True  # stop after this batch
+                else:
+                    batch.append(following)
+            if not batch:
+                continue
             try:
                 self._flush(batch)
             except Exception as error:  # never let the thread die: every thread waits on it
                 log.exception("writer_flush_failed", size=len(batch))
                 for request in batch:
-                    if not request.answer.done():
-                        request.answer.set_exception(error)
+                    self._fail(request, error)
+
+    def _due_retries(self, now: float) -> list[_Request]:
+        due = [request for at, request in self._retries if at <= now]
+        if due:
+            self._retries = [(at, request) for at, request in self._retries if at > now]
+        return due
+
+    def _fail(self, request: _Request, error: BaseException) -> None:
+        """A request whose flush failed: the waiting thread gets the error; an end recorded
+        later is tried again with backoff (its thread has moved on)."""
+        if request.answer is not None:
+            if not request.answer.done():
+                request.answer.set_exception(error)
+            return
+        delay = FINISH_RETRY_DELAYS[min(request.tries, len(FINISH_RETRY_DELAYS) - 1)]
+        request.tries += 1
+        assert isinstance(request.item, AttemptEnd)
+        log.warning(
+            "finish_retrying",
+            job_id=request.item.job_id,
+            attempt=request.item.attempt,
+            error=type(error).__name__,
+            retry_in=delay,
+        )
+        self._retries.append((time.monotonic() + delay, request))
 
     def _heartbeat(self) -> None:
         """Renew the leases of this process's running attempts (see lease_ttl_seconds)."""
@@ -173,7 +238,7 @@ class AttemptWriter:
     def _flush(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
         try:
-            result, admitted = self._apply(batch)
+            result = self._apply(batch)
         except sa.exc.DBAPIError as error:
             if len(batch) > 1 and not error.connection_invalidated:
                 # One bad item must not fail the others: apply each on its own.
@@ -181,49 +246,55 @@ class AttemptWriter:
                     self._flush([request])
                 return
             for request in batch:
-                request.answer.set_exception(error)
+                self._fail(request, error)
             return
         except Exception as error:  # a bug: answer everyone rather than hang their threads
             log.exception("writer_batch_failed", size=len(batch))
             for request in batch:
-                request.answer.set_exception(error)
+                self._fail(request, error)
             return
         applied = time.perf_counter()
-        publish_admitted(self._broker, admitted)
+        publish_admitted(self._broker, result.admitted)
         log.debug(
             "writer_flush",
             size=len(batch),
-            admitted=len(admitted),
+            admitted=len(result.admitted),
             transaction_ms=round((applied - started) * 1000, 2),
             publish_ms=round((time.perf_counter() - applied) * 1000, 2),
         )
         for request in batch:
-            key = (request.item.job_id, request.item.attempt)
-            if isinstance(request.item, ClaimRequest):
-                # Two deliveries of one attempt in one batch: only the first runs it.
-                request.answer.set_result(result.claimed.pop(key, None))
-            else:
-                request.answer.set_result(result.outcomes.get(key))
+            self._answer(request, result)
 
-    def _apply(self, batch: list[_Request]) -> tuple[BatchResult, list[Admitted]]:
+    def _answer(self, request: _Request, result: FlushResult) -> None:
+        item = request.item
+        if item is None:
+            answer: Any = None
+        elif isinstance(item, ClaimRequest):
+            # Two deliveries of one attempt in one batch: only the first runs it.
+            answer = result.claimed.pop((item.job_id, item.attempt), None)
+        else:
+            answer = result.outcomes.get((item.job_id, item.attempt))
+        if request.answer is not None:
+            request.answer.set_result(answer)
+        elif request.on_recorded is not None:
+            try:
+                request.on_recorded(answer)
+            except Exception:  # metrics only: never fail the writer for them
+                log.exception("on_recorded_failed")
+
+    def _apply(self, batch: list[_Request]) -> FlushResult:
         claims = [r.item for r in batch if isinstance(r.item, ClaimRequest)]
-        ends = [r.item for r in batch if isinstance(r.item, AttemptEnd)]
+        ends = split_ends([r.item for r in batch if isinstance(r.item, AttemptEnd)])
+        if not claims and not ends.succeeded and not ends.others:
+            return FlushResult()  # barriers only
         now = datetime.now(UTC)
-        # 1. Claims, outcomes, dependents, events: committed durably.
-        result = in_transaction(
-            self._engine,
-            lambda conn: apply_batch(
+
+        def flush(conn: sa.Connection) -> FlushResult:
+            return apply_flush(
                 conn, self._settings, self._worker, claims, ends, now, dead_letter_body
-            ),
-        )
-        if not result.releases:
-            return result, []
-        # 2. Leases and tokens back, admission: the pool row, locked for one statement and
-        # a commit that does not wait for the disk (see lifecycle.release_and_admit).
-        admitted = in_transaction(
-            self._engine,
-            lambda conn: release_and_admit(
-                relaxed_commit(conn), self._settings, result.releases, now
-            ),
-        )
-        return result, admitted
+            )
+
+        # Claims and successes only: one statement, its own durable transaction.
+        if not ends.others:
+            return in_autocommit(self._engine, flush)
+        return in_transaction(self._engine, flush)

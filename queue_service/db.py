@@ -43,6 +43,20 @@ def in_transaction(engine: sa.Engine, work: Callable[[sa.Connection], T], attemp
     raise AssertionError("unreachable")
 
 
+def in_autocommit(engine: sa.Engine, work: Callable[[sa.Connection], T], attempts: int = 5) -> T:
+    """Run `work`, which is one statement, as its own transaction: no BEGIN and no COMMIT
+    round trip (the statement commits durably as it ends). Retried as in_transaction."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return work(conn)
+        except sa.exc.DBAPIError as error:
+            retryable = error.connection_invalidated or isinstance(error.orig, _RETRYABLE)
+            if attempt == attempts or not retryable:
+                raise
+    raise AssertionError("unreachable")
+
+
 def relaxed_commit(conn: sa.Connection) -> sa.Connection:
     """This transaction's commit does not wait for its WAL to reach the disk
     (`synchronous_commit = off`, for this transaction only). Only for work a crash may

@@ -1,10 +1,14 @@
-"""One transaction for a batch of a worker process's claims and attempt ends.
+"""One flush of a worker process's claims and attempt ends: one statement in the common case.
 
 A worker process funnels every claim and every finished attempt of its threads through
-one writer (actors/writer.py), which calls `apply_batch` once per flush: the claims are one
-guarded UPDATE, the ends a handful of statements and the job events one INSERT, whatever
-the batch's size. The caller commits (durably), then releases the ended attempts' leases
-and admits in a second transaction (`lifecycle.release_and_admit`), then publishes.
+one writer (actors/writer.py), which calls `apply_flush` once per flush. The claims, the
+succeeded attempts, their dependents, the events of all of them, the token return and
+admission are one call of `taskq_worker_flush` (migration 0004). Attempts that did not
+succeed go through `lifecycle.finish_attempts` first, in the same transaction: their
+retry decision, dead letters and cascades stay in Python, and they are rare.
+
+`split_ends` tells the caller whether the flush is that one statement (no `others`: it can
+run in autocommit, one round trip and one durable commit) or needs a transaction around it.
 """
 
 from __future__ import annotations
@@ -16,13 +20,24 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from queue_service.lifecycle import AttemptEnd, finish_attempts
-from queue_service.model import JobStatus
-from queue_service.repository import events as events_repo
-from queue_service.repository import jobs as jobs_repo
+from queue_service.lifecycle import AttemptEnd, finish_attempts, storable
+from queue_service.model import JobStatus, Priority
+from queue_service.publisher import Admitted
 from queue_service.repository.jobs import ClaimedAttempt
-from queue_service.retry_policy import Outcome
+from queue_service.retry_policy import AttemptResult, Outcome
 from queue_service.settings import Settings
+
+_COMPLETED = Outcome(JobStatus.COMPLETED)
+
+_FLUSH = sa.text(
+    "SELECT kind, job_id, attempt, job_type, payload, timeout_seconds, priority, created_at, "
+    "  pending_since FROM taskq_worker_flush("
+    "  CAST(:now AS timestamptz), :worker, :ttl, :aging, :window, :starvation, "
+    "  CAST(:claim_jobs AS text[]), CAST(:claim_attempts AS int[]), "
+    "  CAST(:claim_redelivered AS boolean[]), "
+    "  CAST(:done_jobs AS text[]), CAST(:done_attempts AS int[]), CAST(:done_results AS text[]), "
+    "  CAST(:release_jobs AS text[]), CAST(:release_attempts AS int[]))"
+)
 
 
 @dataclass(frozen=True)
@@ -33,52 +48,95 @@ class ClaimRequest:
 
 
 @dataclass
-class BatchResult:
+class FlushResult:
     claimed: dict[tuple[str, int], ClaimedAttempt] = field(default_factory=dict)
+    # The outcome of each ended attempt that was still running (the others are absent).
     outcomes: dict[tuple[str, int], Outcome] = field(default_factory=dict)
-    # Leases of the ended attempts (and of pending dependents cancelled with them), for
-    # `lifecycle.release_and_admit` in the writer's second, pool-row transaction.
-    releases: list[tuple[str, int | None]] = field(default_factory=list)
+    # What the returned tokens admitted, best ranked first: publish after the commit.
+    admitted: list[Admitted] = field(default_factory=list)
 
 
-def apply_batch(
+@dataclass(frozen=True)
+class SplitEnds:
+    # Succeeded attempts with their results serialised: recorded by the flush function.
+    succeeded: list[tuple[AttemptEnd, str | None]]
+    # Every other end: the Python path (retry decision, dead letters, cascades).
+    others: list[AttemptEnd]
+
+
+def split_ends(ends: Sequence[AttemptEnd]) -> SplitEnds:
+    split = SplitEnds([], [])
+    for end in ends:
+        stored = _stored_success(end)
+        if stored is None:
+            split.others.append(end)
+        else:
+            split.succeeded.append(stored)
+    return split
+
+
+def apply_flush(
     conn: sa.Connection,
     settings: Settings,
     worker: str,
     claims: Sequence[ClaimRequest],
-    ends: Sequence[AttemptEnd],
+    ends: SplitEnds,
     now: datetime,
     dead_letter_message: Callable[[str, int], dict[str, Any]],
-) -> BatchResult:
-    """Claim `claims` for `worker` and record `ends`, in the caller's transaction."""
-    result = BatchResult()
-    claimed = jobs_repo.claim_attempts(
-        conn,
-        [(c.job_id, c.attempt) for c in claims],
-        worker,
-        settings.lease_ttl_seconds,
-        now,
-    )
-    result.claimed = {(c.job_id, c.attempt): c for c in claimed}
-    redelivered = {(c.job_id, c.attempt): c.redelivered for c in claims}
-    claim_events = [
-        events_repo.transition(
-            c.job_id,
-            c.attempt,
-            JobStatus.PENDING.value,
-            JobStatus.RUNNING.value,
-            now,
-            message=f"attempt {c.attempt} started on {worker}",
-            data={"worker": worker, "redelivered": redelivered[(c.job_id, c.attempt)]},
+) -> FlushResult:
+    """Claim `claims` for `worker` and record `ends`; returns what to answer and publish."""
+    result = FlushResult()
+    succeeded = ends.succeeded
+    releases: list[tuple[str, int | None]] = []
+    if ends.others:
+        finished = finish_attempts(
+            conn, settings, ends.others, now, dead_letter_message, release=False
         )
-        for c in claimed
-    ]
-    if not ends:
-        events_repo.record_events(conn, claim_events)
-        return result
-    finished = finish_attempts(
-        conn, settings, ends, now, dead_letter_message, claim_events, release=False
-    )
-    result.outcomes = finished.outcomes
-    result.releases = finished.releases
+        result.outcomes.update(finished.outcomes)
+        releases = finished.releases
+    rows = conn.execute(
+        _FLUSH,
+        {
+            "now": now,
+            "worker": worker,
+            "ttl": settings.lease_ttl_seconds,
+            "aging": settings.aging_seconds_per_level,
+            "window": settings.admission_window,
+            "starvation": settings.starvation_seconds,
+            "claim_jobs": [c.job_id for c in claims],
+            "claim_attempts": [c.attempt for c in claims],
+            "claim_redelivered": [c.redelivered for c in claims],
+            "done_jobs": [end.job_id for end, _ in succeeded],
+            "done_attempts": [end.attempt for end, _ in succeeded],
+            "done_results": [result_json for _, result_json in succeeded],
+            "release_jobs": [job_id for job_id, _ in releases],
+            "release_attempts": [attempt for _, attempt in releases],
+        },
+    ).all()
+    for row in rows:
+        key = (row.job_id, row.attempt)
+        if row.kind == "claimed":
+            result.claimed[key] = ClaimedAttempt(
+                job_id=row.job_id,
+                attempt=row.attempt,
+                type=row.job_type,
+                payload=row.payload,
+                timeout_seconds=row.timeout_seconds,
+                priority=row.priority,
+                created_at=row.created_at,
+                pending_since=row.pending_since,
+            )
+        elif row.kind == "completed":
+            result.outcomes[key] = _COMPLETED
+        else:
+            result.admitted.append(Admitted(row.job_id, row.attempt, Priority(row.priority)))
     return result
+
+
+def _stored_success(end: AttemptEnd) -> tuple[AttemptEnd, str | None] | None:
+    """A succeeded end with its result serialised; None for any other end (including a
+    success whose result cannot be stored: it fails the attempt, on the Python path)."""
+    if end.result is not AttemptResult.SUCCEEDED:
+        return None
+    clean, result_json = storable(end)
+    return (clean, result_json) if clean.result is AttemptResult.SUCCEEDED else None

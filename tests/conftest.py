@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from queue_service import names
 from queue_service.broker import connection_parameters
@@ -69,6 +71,13 @@ def _own_services_per_xdist_worker() -> None:
 
 
 _own_services_per_xdist_worker()
+
+# Property tests check answers, not speed: on a loaded 2-core machine input generation and
+# examples are slow, which must not fail a test.
+hypothesis_settings.register_profile(
+    "taskq", suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+hypothesis_settings.load_profile("taskq")
 
 # Settings every test product runs with: short simulated work, fast maintenance.
 FAST_ENV = {

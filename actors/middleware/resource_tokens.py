@@ -33,8 +33,8 @@ class ResourceTokens(dramatiq.Middleware):
         exception: BaseException | None = None,
     ) -> None:
         ids = job_attempt(message)
-        # The actor returned (or dead-lettered) only after its outcome committed, which
-        # released the lease: nothing is left behind.
+        # The actor returned (or dead-lettered) only after its end was committed or handed
+        # to the writer (a success), which releases the lease: nothing is left behind.
         if ids is None or exception is None or isinstance(exception, JobDeadLettered):
             return
         log.warning(
