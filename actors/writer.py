@@ -4,7 +4,8 @@ Every worker thread hands its claim ("may I run attempt N of job X?") and its at
 end to this writer. The writer thread takes whatever requests are waiting (at once when
 idle, so an idle worker adds no delay), applies them in one flush
 (`worker_batch.apply_flush`: one statement, in autocommit, when every end succeeded),
-publishes what the returned tokens admitted, and answers the requests of the flush. Under
+hands what the returned tokens admitted to the publisher thread (actors/publishing.py),
+and answers the requests of the flush. Under
 load a flush holds the requests that arrived during the previous one: per-job cost falls
 as load rises.
 
@@ -33,11 +34,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from actors.publishing import AdmittedPublisher
 from queue_service.broker import TaskQueueBroker
 from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
-from queue_service.publisher import dead_letter_body, publish_admitted
+from queue_service.publisher import dead_letter_body
 from queue_service.repository import leases as leases_repo
 from queue_service.repository.jobs import ClaimedAttempt
 from queue_service.retry_policy import AttemptResult, Outcome
@@ -72,7 +74,7 @@ class AttemptWriter:
     ) -> None:
         self._engine = engine
         self._settings = settings
-        self._broker = broker
+        self._publisher = AdmittedPublisher(broker)
         self._worker = worker
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Ends recorded later whose flush failed: (monotonic time due, request).
@@ -132,8 +134,10 @@ class AttemptWriter:
         self._requests.put(_Request(end, None, on_recorded))
 
     def drain(self) -> None:
-        """Wait until everything queued before this call has been flushed once."""
+        """Wait until everything queued before this call has been flushed once, and what
+        those flushes admitted has been published."""
         self._submit(None)
+        self._publisher.drain()
 
     def give_back_running(self) -> int:
         """At shutdown: end every attempt this process claimed and has not finished as
@@ -253,14 +257,12 @@ class AttemptWriter:
             for request in batch:
                 self._fail(request, error)
             return
-        applied = time.perf_counter()
-        publish_admitted(self._broker, result.admitted)
+        self._publisher.publish(result.admitted)
         log.debug(
             "writer_flush",
             size=len(batch),
             admitted=len(result.admitted),
-            transaction_ms=round((applied - started) * 1000, 2),
-            publish_ms=round((time.perf_counter() - applied) * 1000, 2),
+            transaction_ms=round((time.perf_counter() - started) * 1000, 2),
         )
         for request in batch:
             self._answer(request, result)

@@ -57,7 +57,18 @@ DECLARE
   v_cpu int[];
   v_memory int[];
 BEGIN
-  -- 1. One statement: claims, completions, dependents and their events. Its parts touch
+  -- 1. The running rows of the ended attempts, locked in id order in a statement of their
+  -- own. A submission adding a dependent to one of them holds it FOR SHARE until it
+  -- commits; the next statement's snapshot is taken after this lock, so it sees the new
+  -- edge and counts the new dependent down (one statement would miss it: blocked forever).
+  PERFORM 1
+     FROM jobs j
+     JOIN unnest(p_done_jobs, p_done_attempts) AS d(job_id, attempt) ON d.job_id = j.id
+    WHERE j.status = 'running' AND j.attempts = d.attempt
+    ORDER BY j.id
+      FOR UPDATE OF j;
+
+  -- 2. One statement: claims, completions, dependents and their events. Its parts touch
   -- disjoint rows (pending, running and blocked jobs); rows are locked in id order.
   RETURN QUERY
   WITH wanted AS (
@@ -160,7 +171,7 @@ BEGIN
          NULL::timestamptz, NULL::timestamptz
     FROM completed c;
 
-  -- 2. The leases of the ended attempts (and any others the caller releases) go, their
+  -- 3. The leases of the ended attempts (and any others the caller releases) go, their
   -- tokens come back, and admission runs: the pool row is locked from here to the commit.
   WITH released AS (
     DELETE FROM leases l

@@ -102,7 +102,11 @@ def test_upgrade_downgrade_upgrade(scratch: tuple[Config, sa.Engine]) -> None:
     # Then every table, the event trigger and the single pool row exist, at head
     created = schema_objects(engine)
     assert created["tables"] == TABLES | {"alembic_version"}
-    assert created["functions"] == {"taskq_notify_job_events", "taskq_admit"}
+    assert created["functions"] == {
+        "taskq_notify_job_events",
+        "taskq_admit",
+        "taskq_worker_flush",
+    }
     assert created["triggers"] == {"job_events_notify"}
     assert created["pool"] == 1
     assert current_revision(engine) == head_revision(config)
