@@ -2,8 +2,9 @@
 
 Two parents of one job finishing at the same moment on different workers must neither
 lose a decrement (the child would stay blocked forever) nor enqueue the child twice.
-Each worker's completion is `lifecycle.finish_attempts` in its own transaction; here two
-threads with their own connections play the two worker processes.
+Each worker's completion is one flush of its writer: `taskq_worker_flush` alone for a
+success, `lifecycle.finish_attempts` first for anything else; here two threads with their
+own connections play the two worker processes.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from queue_service.db import in_transaction
+from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd, FinishedAttempts, cancel_job, finish_attempts
 from queue_service.repository import jobs as jobs_repo
 from queue_service.retry_policy import AttemptResult
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch, submit_job
+from queue_service.worker_batch import FlushResult, apply_flush, split_ends
 
 ROUNDS = 30
 
@@ -49,22 +51,24 @@ def _start(engine: sa.Engine, job_id: str) -> None:
 
 def _finish(
     engine: sa.Engine, settings: Settings, job_id: str, result: AttemptResult
-) -> FinishedAttempts:
-    """What a worker's completion does after the handler returned: one transaction."""
+) -> FinishedAttempts | FlushResult:
+    """What a worker's writer does with the attempt's end: one flush, one transaction."""
     error = None if result is AttemptResult.SUCCEEDED else "boom"
-    return in_transaction(
-        engine,
-        lambda conn: finish_attempts(
-            conn,
-            settings,
-            [AttemptEnd(job_id, 1, result, error)],
-            _now(),
-            lambda job, attempt: {"job_id": job},
-        ),
-    )
+    ends = split_ends([AttemptEnd(job_id, 1, result, error)])
+
+    def flush(conn: sa.Connection) -> FlushResult:
+        return apply_flush(
+            conn, settings, "test-worker", [], ends, _now(), lambda job, attempt: {"job_id": job}
+        )
+
+    if ends.others:
+        return in_transaction(engine, flush)
+    return in_autocommit(engine, flush)
 
 
-def _at_once(*calls: Callable[[], FinishedAttempts]) -> list[FinishedAttempts]:
+def _at_once(
+    *calls: Callable[[], FinishedAttempts | FlushResult],
+) -> list[FinishedAttempts | FlushResult]:
     """Run the calls on threads released together by a barrier; re-raise their errors."""
     barrier = threading.Barrier(len(calls))
     results: list[Any] = [None] * len(calls)
@@ -198,7 +202,7 @@ def test_a_completion_waiting_on_the_others_lock_still_sees_its_decrement(
             lambda job, attempt: {},
         )
         # and P2's completion runs meanwhile and waits on the child's row lock,
-        second: list[FinishedAttempts] = []
+        second: list[FinishedAttempts | FlushResult] = []
         thread = threading.Thread(
             target=lambda: second.append(_finish(engine, settings, p2, AttemptResult.SUCCEEDED))
         )
@@ -254,7 +258,7 @@ def test_a_grandchild_submitted_while_its_ancestor_fails_is_cancelled_too(
         submission.begin()
         submit_job(submission, settings, JobSpec(job_id="d", depends_on=("c",)), _now())
         # and A fails meanwhile: its cascade waits on C until the submission commits
-        failure: list[FinishedAttempts] = []
+        failure: list[FinishedAttempts | FlushResult] = []
         thread = threading.Thread(
             target=lambda: failure.append(
                 _finish(engine, settings, "a", AttemptResult.PERMANENT_ERROR)
@@ -270,3 +274,31 @@ def test_a_grandchild_submitted_while_its_ancestor_fails_is_cancelled_too(
     for job_id in ("c", "d"):
         job = _job(engine, job_id)
         assert (job.status, job.cancel_reason) == ("cancelled", "upstream_failed:a"), job_id
+
+
+def test_a_child_submitted_while_its_parent_completes_is_counted_down(
+    clean_state: None, engine: sa.Engine, settings: Settings
+) -> None:
+    # Given P running
+    assert _submit(engine, settings, [JobSpec(job_id="p")]) == {"p"}
+    _start(engine, "p")
+
+    # When a submission of C (depending on P) is in flight, holding P's share lock,
+    with engine.connect() as submission:
+        submission.begin()
+        submit_job(submission, settings, JobSpec(job_id="c", depends_on=("p",)), _now())
+        # and P's success is flushed meanwhile: it waits on P until the submission commits
+        done: list[FinishedAttempts | FlushResult] = []
+        thread = threading.Thread(
+            target=lambda: done.append(_finish(engine, settings, "p", AttemptResult.SUCCEEDED))
+        )
+        thread.start()
+        _wait_for_lock_waiter(engine)
+        submission.commit()
+    thread.join(timeout=30)
+    assert done, "the completion did not finish"
+
+    # Then the completion saw the new edge: C is ready and admitted, never blocked forever
+    job = _job(engine, "c")
+    assert (job.status, job.remaining_deps) == ("pending", 0)
+    assert [a.job_id for a in done[0].admitted] == ["c"]
