@@ -91,10 +91,8 @@ def release_and_admit(
     now: datetime,
 ) -> list[Admitted]:
     """Delete these leases, give their tokens back and admit what they allow: the part of
-    ending attempts that touches the pool row. The worker's writer runs it in a second
-    transaction without waiting for the WAL flush (synchronous_commit off), so the pool
-    row is never held across a disk sync: losing it in a crash loses nothing that is not
-    re-derived (a lease of an ended attempt is reclaimed, a lost admission is redone)."""
+    ending attempts that touches the pool row (the worker's flush does the same inside
+    `taskq_worker_flush`)."""
     released = leases_repo.release_leases(conn, releases)
     return admit_ready_jobs(conn, settings, now, released=released)
 
@@ -149,7 +147,8 @@ def finish_attempts(
     admission those tokens allow, in a handful of statements for the whole batch.
     `other_events` (the batch's claims) are written with the outcomes, in one INSERT.
     With release=False the leases to release are returned (`releases`) for the caller to
-    pass to `release_and_admit` in a transaction of its own.
+    release later in the same transaction (the worker's flush passes them to
+    `taskq_worker_flush`).
 
     Guarded by (job_id, status running, attempt): finishing an attempt twice, or one that
     maintenance already reclaimed, changes nothing but a leftover lease.
