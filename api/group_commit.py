@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import sqlalchemy as sa
 
-from api.schemas import JobAccepted
+from api.schemas import POSITION_CAP, JobAccepted
 from queue_service import errors
 from queue_service.broker import TaskQueueBroker
 from queue_service.db import in_transaction, relaxed_commit
@@ -42,11 +42,6 @@ MAX_GROUP = 256
 class Answer:
     accepted: JobAccepted
     created: bool
-
-
-# `position_in_queue` counts the ready jobs ahead up to this many: a larger backlog
-# answers POSITION_CAP ("this many or more"), so a submission's cost does not grow with it.
-POSITION_CAP = 1000
 
 
 def accepted_jobs(conn: sa.Connection, jobs: Sequence[Any]) -> list[JobAccepted]:

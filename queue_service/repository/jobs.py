@@ -255,24 +255,31 @@ def positions_in_queue(
     """For each (rank, seq), how many unadmitted ready jobs rank ahead of it, counted up
     to `cap` (`cap` means "cap or more").
 
-    One range scan of ix_jobs_admission for all the keys: the first `cap` ready jobs
-    ranked ahead of the last key; each key's count is its place among them. The keys are
-    passed in (not joined) so the plan is that range scan whatever the statistics say.
+    One walk of ix_jobs_admission in index order for all the keys: the first `cap` ready
+    jobs ranked ahead of the last key; each key's count is its place among them. The keys
+    are passed in (not joined), and the plan is forced to that walk for the rest of the
+    transaction: a table not analyzed yet (a new database filling up) otherwise gets a
+    bitmap scan of every ready job and a sort (50 ms at 28,000 ready jobs, measured).
     """
     if not keys:
         return []
     rank, seq = max(keys)
+    conn.execute(
+        sa.text(
+            "SELECT set_config('enable_bitmapscan', 'off', true), "
+            "set_config('enable_seqscan', 'off', true)"
+        )
+    )
     row = conn.execute(
         sa.text(
-            "SELECT array_agg(a.rank ORDER BY a.rank, a.seq) AS ranks, "
-            "  array_agg(a.seq ORDER BY a.rank, a.seq) AS seqs "
+            "SELECT array_agg(a.rank) AS ranks, array_agg(a.seq) AS seqs "
             "FROM (SELECT j.rank, j.seq FROM jobs j "
             f"  WHERE j.status = 'pending' AND {_NO_LEASE} "
             "  AND (j.rank, j.seq) < (:rank, :seq) ORDER BY j.rank, j.seq LIMIT :cap) a"
         ),
         {"rank": rank, "seq": seq, "cap": cap},
     ).one()
-    ahead = list(zip(row.ranks or (), row.seqs or (), strict=True))
+    ahead = sorted(zip(row.ranks or (), row.seqs or (), strict=True))
     return [bisect_left(ahead, key) for key in keys]
 
 
