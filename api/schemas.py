@@ -121,7 +121,8 @@ class JobCreate(_Strict):
         except OverflowError as error:
             raise ValueError("run_at is out of range") from error
 
-    def to_spec(self, idempotency_key: str | None = None) -> JobSpec:
+    def to_spec(self, idempotency_key: str | None = None, job_id: str | None = None) -> JobSpec:
+        """The normalised submission; `job_id` names it when the request does not."""
         # Request > type default > global default, field by field.
         defaults = submission_defaults(self.type)
         given = self.model_fields_set
@@ -136,14 +137,16 @@ class JobCreate(_Strict):
             resources = replace(
                 resources, **requested.model_dump(include=requested.model_fields_set)
             )
+        if retry.max_delay_seconds < 0:
+            retry = replace(retry, max_delay_seconds=0.0)
         return JobSpec(
             type=self.type,
-            job_id=self.job_id,
+            job_id=self.job_id or job_id,
             priority=self.priority,
             payload=self.payload,
             resources=resources,
             depends_on=tuple(self.depends_on),
-            retry=replace(retry, max_delay_seconds=max(retry.max_delay_seconds, 0.0)),
+            retry=retry,
             timeout_seconds=(
                 self.timeout_seconds if "timeout_seconds" in given else defaults.timeout_seconds
             ),

@@ -84,6 +84,25 @@ def record_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
     )
 
 
+def record_submitted(conn: sa.Connection, job_ids: Sequence[str]) -> None:
+    """The first event of each just-stored job (`job_<status>`, "submitted as <status>"),
+    made from its row by one statement, in submission order: a 10,000-job batch sends its
+    ids instead of every field of every event."""
+    if not job_ids:
+        return
+    conn.execute(
+        sa.text(
+            "INSERT INTO job_events "
+            "(job_id, at, level, event, attempt, status, previous_status, message, data) "
+            "SELECT j.id, j.created_at, 'info', 'job_' || j.status, 0, j.status, NULL, "
+            "  'submitted as ' || j.status || coalesce(' (' || j.cancel_reason || ')', ''), "
+            "  jsonb_build_object('priority', j.priority, 'type', j.type) "
+            "FROM jobs j WHERE j.id = ANY(CAST(:ids AS text[])) ORDER BY j.seq"
+        ),
+        {"ids": list(job_ids)},
+    )
+
+
 def list_job_events(conn: sa.Connection, job_id: str, limit: int = 1000) -> Sequence[sa.Row[Any]]:
     return conn.execute(
         sa.select(job_events)
