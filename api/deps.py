@@ -33,7 +33,11 @@ class AppState:
     submissions: SubmissionGroups
 
 
-def get_state(request: Request) -> AppState:
+# The dependencies are `async def` though they never await: FastAPI runs a plain `def`
+# dependency in a worker thread, a thread hop per dependency of every request.
+
+
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.taskq
     return state
 
@@ -77,15 +81,15 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return credentials.credentials if credentials is not None else None
 
 
-def read_key(request: Request, credentials: Credentials) -> ApiKey:
+async def read_key(request: Request, credentials: Credentials) -> ApiKey:
     return authorize(key_ring(request), _token(credentials), Scope.READ)
 
 
-def submit_key(request: Request, credentials: Credentials) -> ApiKey:
+async def submit_key(request: Request, credentials: Credentials) -> ApiKey:
     return authorize(key_ring(request), _token(credentials), Scope.SUBMIT)
 
 
-def admin_key(request: Request, credentials: Credentials) -> ApiKey:
+async def admin_key(request: Request, credentials: Credentials) -> ApiKey:
     return authorize(key_ring(request), _token(credentials), Scope.ADMIN)
 
 

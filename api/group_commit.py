@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import sqlalchemy as sa
 
-from api.schemas import JobAccepted
+from api.schemas import POSITION_CAP, JobAccepted
 from queue_service import errors
 from queue_service.broker import TaskQueueBroker
 from queue_service.db import in_transaction, relaxed_commit
@@ -44,18 +44,27 @@ class Answer:
     created: bool
 
 
-def accepted_job(conn: sa.Connection, job: Any) -> JobAccepted:
-    """The answer to a submission; `position_in_queue` only while it waits for tokens."""
-    position = None
-    if job.status == JobStatus.PENDING and job.queued_at is None:
-        position = jobs_repo.position_in_queue(conn, job.rank, job.seq)
-    return JobAccepted(
-        job_id=job.id,
-        status=job.status,
-        created_at=job.created_at,
-        priority=job.priority,
-        position_in_queue=position,
+def accepted_jobs(conn: sa.Connection, jobs: Sequence[Any]) -> list[JobAccepted]:
+    """The answers to submissions; `position_in_queue` only while a job waits for tokens.
+    One count for all of them (`positions_in_queue`)."""
+    waiting = [
+        (job.rank, job.seq)
+        for job in jobs
+        if job.status == JobStatus.PENDING and job.queued_at is None
+    ]
+    positions = dict(
+        zip(waiting, jobs_repo.positions_in_queue(conn, waiting, POSITION_CAP), strict=True)
     )
+    return [
+        JobAccepted(
+            job_id=job.id,
+            status=job.status,
+            created_at=job.created_at,
+            priority=job.priority,
+            position_in_queue=positions.get((job.rank, job.seq)),
+        )
+        for job in jobs
+    ]
 
 
 class SubmissionGroups:
@@ -119,13 +128,15 @@ class SubmissionGroups:
         now = datetime.now(UTC)
 
         def store(conn: sa.Connection) -> list[Answer | Exception]:
-            answers: list[Answer | Exception] = []
-            for result in submit_jobs(conn, self._settings, specs, now):
-                if isinstance(result, errors.TaskQueueError):
-                    answers.append(result)
-                else:
-                    answers.append(Answer(accepted_job(conn, result.job), result.created))
-            return answers
+            results = submit_jobs(conn, self._settings, specs, now)
+            submitted = [r for r in results if not isinstance(r, errors.TaskQueueError)]
+            accepted = iter(accepted_jobs(conn, [r.job for r in submitted]))
+            return [
+                result
+                if isinstance(result, errors.TaskQueueError)
+                else Answer(next(accepted), result.created)
+                for result in results
+            ]
 
         answers = in_transaction(self._engine, store)
         if any(isinstance(a, Answer) and a.accepted.status == JobStatus.PENDING for a in answers):

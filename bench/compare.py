@@ -61,7 +61,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-rounds", type=int, default=2, help="10,000-job batches timed")
     parser.add_argument("--no-rate", action="store_true", help="skip the POST /jobs rate part")
     parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help="subset of " + ",".join(SYSTEMS)
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="subset of " + ",".join(SYSTEMS) + " (empty: only the POST /jobs rate part)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=services.OURS_DB,
+        help="name of the run's database and vhost (and the prefix of the others')",
     )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()
@@ -80,7 +87,8 @@ def plan(args: argparse.Namespace) -> list[tuple[int, str, int]]:
     steps = []
     for rep in range(args.reps):
         systems = args.systems
-        order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
+        shift = rep % len(systems) if systems else 0
+        order = systems[shift:] + systems[:shift]
         for processes in services.SHAPES:
             steps += [(rep, system, processes) for system in order]
         if not args.no_rate:
@@ -125,6 +133,7 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so every phase stops the processes it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
+    services.use_prefix(args.prefix)
     steps = plan(args)
     worst = min(len(steps) * (args.phase_timeout + PHASE_OVERHEAD_SECONDS), args.time_limit)
     worst += PHASE_OVERHEAD_SECONDS

@@ -43,6 +43,14 @@ THREADS = 8
 SHAPES = [1, 2]  # worker processes, THREADS threads each
 
 
+def use_prefix(prefix: str) -> None:
+    """Name this run's databases and vhosts `prefix`, `prefix_template`, `prefix_dramatiq`
+    and `prefix_celery` (default taskq_compare), so runs side by side do not collide."""
+    global OURS_DB, TEMPLATE_DB
+    OURS_DB, TEMPLATE_DB = prefix, f"{prefix}_template"
+    VHOSTS.update(ours=prefix, dramatiq=f"{prefix}_dramatiq", celery=f"{prefix}_celery")
+
+
 def reset_vhost(name: str) -> None:
     """Delete and re-create a RabbitMQ vhost (management API): no queue survives a run."""
     with httpx.Client(base_url=MANAGEMENT, auth=("guest", "guest"), timeout=30) as mq:

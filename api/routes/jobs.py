@@ -38,7 +38,7 @@ from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import progress as progress_repo
 from queue_service.scheduling import explain_wait
-from queue_service.submission import submit_batch, with_job_id
+from queue_service.submission import new_job_id, submit_batch
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES, dependencies=[READ])
 
@@ -48,6 +48,8 @@ def _now() -> datetime:
 
 
 def _check_payload_size(job: JobCreate, index: int | None = None) -> None:
+    if not job.payload:
+        return
     size = len(json.dumps(job.payload, separators=(",", ":")).encode())
     if size > MAX_PAYLOAD_BYTES:
         where = "" if index is None else f" (jobs[{index}])"
@@ -79,7 +81,7 @@ async def create_job(
     Concurrent submissions share one transaction (group commit); each is answered once
     its job is committed."""
     _check_payload_size(body)
-    spec = with_job_id(body.to_spec(idempotency_key))
+    spec = body.to_spec(idempotency_key, job_id=new_job_id())
     answer = await state.submissions.submit(spec)
     metrics.jobs_submitted(1 if answer.created else 0)
     response.status_code = 201 if answer.created else 200
@@ -94,7 +96,7 @@ def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
     it) and nothing of the batch is stored."""
     for index, job in enumerate(body.jobs):
         _check_payload_size(job, index)
-    specs = [with_job_id(job.to_spec()) for job in body.jobs]
+    specs = [job.to_spec(job_id=new_job_id()) for job in body.jobs]
     now = _now()
 
     def work(conn: sa.Connection) -> tuple[list[dict[str, Any]], list[Admitted]]:
@@ -104,17 +106,20 @@ def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
     if any(row["status"] == JobStatus.PENDING for row in rows):
         admit_after_commit(state.engine, state.settings, state.broker, now)
     metrics.jobs_submitted(len(rows))
-    return BatchAccepted(
-        items=[
-            JobAccepted(
-                job_id=row["id"],
-                status=row["status"],
-                created_at=row["created_at"],
-                priority=row["priority"],
-                position_in_queue=None,
-            )
-            for row in rows
-        ]
+    # One validation of the whole answer (not one model built per job from Python).
+    return BatchAccepted.model_validate(
+        {
+            "items": [
+                {
+                    "job_id": row["id"],
+                    "status": row["status"],
+                    "created_at": row["created_at"],
+                    "priority": row["priority"],
+                    "position_in_queue": None,
+                }
+                for row in rows
+            ]
+        }
     )
 
 

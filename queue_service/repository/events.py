@@ -84,6 +84,28 @@ def record_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
     )
 
 
+def record_submitted(conn: sa.Connection, job_ids: Sequence[str]) -> None:
+    """The first event of each just-stored job (`job_<status>`, "submitted as <status>"),
+    made from its row by one statement, in the order given: a 10,000-job batch sends its
+    ids instead of every field of every event. A join of the ids, not `id = ANY(:ids)`:
+    on a table not analyzed yet that was a sequential scan testing every row against
+    every id (8 s for 10,000 ids, measured)."""
+    if not job_ids:
+        return
+    conn.execute(
+        sa.text(
+            "INSERT INTO job_events "
+            "(job_id, at, level, event, attempt, status, previous_status, message, data) "
+            "SELECT j.id, j.created_at, 'info', 'job_' || j.status, 0, j.status, NULL, "
+            "  'submitted as ' || j.status || coalesce(' (' || j.cancel_reason || ')', ''), "
+            "  jsonb_build_object('priority', j.priority, 'type', j.type) "
+            "FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS u(id, n) "
+            "JOIN jobs j ON j.id = u.id ORDER BY u.n"
+        ),
+        {"ids": list(job_ids)},
+    )
+
+
 def list_job_events(conn: sa.Connection, job_id: str, limit: int = 1000) -> Sequence[sa.Row[Any]]:
     return conn.execute(
         sa.select(job_events)

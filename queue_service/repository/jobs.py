@@ -6,6 +6,8 @@ the job first, and the caller treats that as "someone else did it".
 
 from __future__ import annotations
 
+import json
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,12 +55,66 @@ def _changes(rows: Sequence[Row]) -> list[StatusChange]:
 # --- submission -----------------------------------------------------------------------
 
 
-def insert_job_if_new(conn: sa.Connection, row: Mapping[str, Any]) -> bool:
-    """Insert one job unless its id or idempotency key exists already."""
-    result = conn.execute(
-        pg_insert(jobs).values(**row).on_conflict_do_nothing().returning(jobs.c.id)
+def insert_job_if_new(conn: sa.Connection, row: Mapping[str, Any]) -> Row | None:
+    """Insert one job unless its id or idempotency key exists already; the stored row, or
+    None when it existed."""
+    result = conn.execute(pg_insert(jobs).values(**row).on_conflict_do_nothing().returning(jobs))
+    return result.first()
+
+
+# The columns of a submitted job without dependencies, in the order of the arrays below.
+_NEW_JOB_COLUMNS = (
+    ("id", "text"),
+    ("type", "text"),
+    ("priority", "text"),
+    ("payload", "text"),  # JSON text, cast to jsonb in the statement
+    ("cpu_units", "int"),
+    ("memory_mb", "int"),
+    ("max_attempts", "int"),
+    ("backoff_multiplier", "float8"),
+    ("initial_delay_seconds", "float8"),
+    ("max_delay_seconds", "float8"),
+    ("timeout_seconds", "float8"),
+    ("run_at", "timestamptz"),
+    ("idempotency_key", "text"),
+    ("request_hash", "text"),
+    ("status", "text"),
+    ("rank", "float8"),
+    ("pending_since", "timestamptz"),
+    ("next_attempt_at", "timestamptz"),
+    ("created_at", "timestamptz"),
+)
+_INSERT_NEW_JOBS = sa.text(
+    "INSERT INTO jobs (" + ", ".join(name for name, _ in _NEW_JOB_COLUMNS) + ") "
+    "SELECT "
+    + ", ".join(
+        f"CAST(u.{name} AS jsonb)" if name == "payload" else f"u.{name}"
+        for name, _ in _NEW_JOB_COLUMNS
     )
-    return result.first() is not None
+    + " FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _NEW_JOB_COLUMNS)
+    + ") WITH ORDINALITY AS u("
+    + ", ".join(name for name, _ in _NEW_JOB_COLUMNS)
+    + ", n) ORDER BY u.n "
+    "ON CONFLICT DO NOTHING "
+    "RETURNING id, seq, status, priority, created_at, rank, queued_at"
+)
+
+
+def insert_new_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> dict[str, Row]:
+    """Insert jobs without dependencies in one statement (in the given order, so `seq`
+    follows it), skipping those whose id or idempotency key exists already (or repeats
+    one of an earlier row). Returns the stored ones by id: (id, seq, status, priority,
+    created_at, rank, queued_at)."""
+    if not rows:
+        return {}
+    params: dict[str, list[Any]] = {name: [] for name, _ in _NEW_JOB_COLUMNS}
+    for row in rows:
+        for name, _ in _NEW_JOB_COLUMNS:
+            value = row[name]
+            params[name].append(json.dumps(value) if name == "payload" else value)
+    stored = conn.execute(_INSERT_NEW_JOBS, params).all()
+    return {r.id: r for r in stored}
 
 
 def insert_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -193,21 +249,38 @@ def list_jobs(
     return conn.execute(query).all()
 
 
-def position_in_queue(conn: sa.Connection, rank: float, seq: int, cap: int = 10_000) -> int:
-    """How many unadmitted ready jobs rank ahead of (rank, seq), counted up to `cap`.
+def positions_in_queue(
+    conn: sa.Connection, keys: Sequence[tuple[float, int]], cap: int
+) -> list[int]:
+    """For each (rank, seq), how many unadmitted ready jobs rank ahead of it, counted up
+    to `cap` (`cap` means "cap or more").
 
-    The job's own key is passed in (not joined) so the plan is a range scan of
-    ix_jobs_admission whatever the table statistics say.
+    One walk of ix_jobs_admission in index order for all the keys: the first `cap` ready
+    jobs ranked ahead of the last key; each key's count is its place among them. The keys
+    are passed in (not joined), and the plan is forced to that walk for the rest of the
+    transaction: a table not analyzed yet (a new database filling up) otherwise gets a
+    bitmap scan of every ready job and a sort (50 ms at 28,000 ready jobs, measured).
     """
+    if not keys:
+        return []
+    rank, seq = max(keys)
+    conn.execute(
+        sa.text(
+            "SELECT set_config('enable_bitmapscan', 'off', true), "
+            "set_config('enable_seqscan', 'off', true)"
+        )
+    )
     row = conn.execute(
         sa.text(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs j "
-            f"WHERE j.status = 'pending' AND {_NO_LEASE} "
-            "AND (j.rank, j.seq) < (:rank, :seq) LIMIT :cap) ahead"
+            "SELECT array_agg(a.rank) AS ranks, array_agg(a.seq) AS seqs "
+            "FROM (SELECT j.rank, j.seq FROM jobs j "
+            f"  WHERE j.status = 'pending' AND {_NO_LEASE} "
+            "  AND (j.rank, j.seq) < (:rank, :seq) ORDER BY j.rank, j.seq LIMIT :cap) a"
         ),
         {"rank": rank, "seq": seq, "cap": cap},
-    ).scalar_one()
-    return int(row)
+    ).one()
+    ahead = sorted(zip(row.ranks or (), row.seqs or (), strict=True))
+    return [bisect_left(ahead, key) for key in keys]
 
 
 def candidates_ahead(conn: sa.Connection, rank: float, seq: int, limit: int) -> list[Candidate]:
