@@ -74,8 +74,9 @@ def test_a_message_published_twice_runs_once(
     settings: Settings,
     engine: sa.Engine,
 ) -> None:
-    # Given an admitted job whose message waits in RabbitMQ (no worker is running yet)
-    product = start_product(workers=0)
+    # Given an admitted job whose message waits in RabbitMQ (no worker is running yet; no
+    # republish of the unclaimed attempt while a slow machine starts the worker)
+    product = start_product(workers=0, TASKQ_REPUBLISH_AFTER_SECONDS="120")
     job_id = product.submit({"type": "noop", "payload": {"duration_seconds": 0.3}})["job_id"]
     assert product.job(job_id)["queued_at"] is not None
     # and the same attempt published twice more
