@@ -101,6 +101,9 @@ sa.Index(
 sa.Index("ix_jobs_created", jobs.c.created_at, jobs.c.id)
 sa.Index("ix_jobs_status_created", jobs.c.status, jobs.c.created_at, jobs.c.id)
 sa.Index("ix_jobs_type_created", jobs.c.type, jobs.c.created_at, jobs.c.id)
+# Filtered by status and type together: one index range even when the pair is rare or
+# empty (each single-column index above would read every row of its value).
+sa.Index("ix_jobs_status_type_created", jobs.c.status, jobs.c.type, jobs.c.created_at, jobs.c.id)
 sa.Index(
     "uq_jobs_idempotency_key",
     jobs.c.idempotency_key,
