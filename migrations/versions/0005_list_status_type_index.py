@@ -23,7 +23,6 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0005"
-# The lead's revision 0004 is being written beside this one; the merge sets the real parent.
 down_revision = "0004"
 branch_labels = None
 depends_on = None
