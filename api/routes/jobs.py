@@ -36,7 +36,6 @@ from queue_service.model import JobStatus, Priority
 from queue_service.publisher import Admitted, publish_admitted
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
-from queue_service.repository import progress as progress_repo
 from queue_service.scheduling import explain_wait
 from queue_service.submission import new_job_id, submit_batch
 
@@ -124,7 +123,8 @@ def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
 
 
 def _job_public(conn: sa.Connection, state: AppState, job: Any) -> JobPublic:
-    dependencies = jobs_repo.get_dependencies(conn, job.id)
+    """`job` is a row of `jobs_repo.get_job_detail`."""
+    dependencies = [(parent_id, status) for parent_id, status in job.dependencies]
     return JobPublic(
         **summary_fields(job),
         payload=job.payload,
@@ -142,22 +142,22 @@ def _job_public(conn: sa.Connection, state: AppState, job: Any) -> JobPublic:
         next_attempt_at=job.next_attempt_at,
         cancel_requested_at=job.cancel_requested_at,
         depends_on=[d for d, _ in dependencies],
-        dependents=jobs_repo.get_dependents(conn, job.id),
+        dependents=list(job.dependents),
         blocked_by=[d for d, status in dependencies if status != JobStatus.COMPLETED],
         waiting_reason=explain_wait(conn, state.settings, job, _now()),
         result=job.result,
-        progress=_progress(conn, job.id),
+        progress=_progress(job.progress),
     )
 
 
-def _progress(conn: sa.Connection, job_id: str) -> JobProgress | None:
-    latest = progress_repo.latest_progress(conn, job_id)
+def _progress(latest: dict[str, Any] | None) -> JobProgress | None:
     if latest is None:
         return None
+    data = latest.get("data") or {}
     return JobProgress(
-        fraction=latest.data.get("fraction", 0.0),
-        message=latest.data.get("message", ""),
-        at=latest.at,
+        fraction=data.get("fraction", 0.0),
+        message=data.get("message", ""),
+        at=datetime.fromisoformat(latest["at"]),
     )
 
 
@@ -165,7 +165,7 @@ def _progress(conn: sa.Connection, job_id: str) -> JobProgress | None:
 def get_job(job_id: str, state: State) -> JobPublic:
     """The job with its status, attempts, timestamps, graph edges and why it waits."""
     with state.engine.connect() as conn:
-        job = jobs_repo.get_job(conn, job_id)
+        job = jobs_repo.get_job_detail(conn, job_id)
         if job is None:
             raise errors.JobNotFound(f"job {job_id!r} not found", {"job_id": job_id})
         return _job_public(conn, state, job)
@@ -248,7 +248,7 @@ def cancel(job_id: str, state: State, response: Response) -> JobPublic:
     admitted = in_transaction(state.engine, work)
     _publish(state, admitted)
     with state.engine.connect() as conn:
-        job = jobs_repo.get_job(conn, job_id)
+        job = jobs_repo.get_job_detail(conn, job_id)
         assert job is not None
         # Decided on the job as it is now: a running attempt may have ended meanwhile.
         response.status_code = 200 if job.status == JobStatus.CANCELLED else 202

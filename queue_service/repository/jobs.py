@@ -197,27 +197,29 @@ def get_job(conn: sa.Connection, job_id: str) -> Row | None:
     return conn.execute(_JOB_WITH_LEASE.where(jobs.c.id == job_id)).first()
 
 
-def get_dependencies(conn: sa.Connection, job_id: str) -> list[tuple[str, str]]:
-    """(id, status) of the jobs this one depends on."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT j.id, j.status FROM job_dependencies d JOIN jobs j ON j.id = d.depends_on "
-            "WHERE d.job_id = :id ORDER BY j.seq"
-        ),
-        {"id": job_id},
-    ).all()
-    return [(r.id, r.status) for r in rows]
+# What GET /jobs/{id} shows beside the row, as correlated subqueries of the same statement
+# (one round trip instead of four): the parents with their statuses, the dependents, the
+# latest progress report (ix_job_dependencies_*, ix_job_events_job).
+_JOB_DETAIL: sa.Select[Any] = _JOB_WITH_LEASE.add_columns(
+    sa.literal_column(
+        "(SELECT coalesce(json_agg(json_build_array(p.id, p.status) ORDER BY p.seq), '[]') "
+        " FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = jobs.id)"
+    ).label("dependencies"),
+    sa.literal_column(
+        "(SELECT coalesce(json_agg(d.job_id ORDER BY c.seq), '[]') "
+        " FROM job_dependencies d JOIN jobs c ON c.id = d.job_id WHERE d.depends_on = jobs.id)"
+    ).label("dependents"),
+    sa.literal_column(
+        "(SELECT json_build_object('at', e.at, 'data', e.data) FROM job_events e "
+        " WHERE e.job_id = jobs.id AND e.event = 'job_progress' ORDER BY e.id DESC LIMIT 1)"
+    ).label("progress"),
+)
 
 
-def get_dependents(conn: sa.Connection, job_id: str) -> list[str]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT d.job_id FROM job_dependencies d JOIN jobs j ON j.id = d.job_id "
-            "WHERE d.depends_on = :id ORDER BY j.seq"
-        ),
-        {"id": job_id},
-    ).all()
-    return [r.job_id for r in rows]
+def get_job_detail(conn: sa.Connection, job_id: str) -> Row | None:
+    """The job's row with `dependencies` ([id, status] of each parent), `dependents` (ids)
+    and `progress` ({at, data} of the latest report, or None), in one statement."""
+    return conn.execute(_JOB_DETAIL.where(jobs.c.id == job_id)).first()
 
 
 def list_jobs(
