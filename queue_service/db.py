@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import psycopg.errors
@@ -32,23 +33,29 @@ def make_engine(settings: Settings, *, pool_size: int = 10) -> sa.Engine:
 
 def in_transaction(engine: sa.Engine, work: Callable[[sa.Connection], T], attempts: int = 5) -> T:
     """Run `work` in one transaction, again if PostgreSQL aborted it for a deadlock."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                return work(conn)
-        except sa.exc.DBAPIError as error:
-            retryable = error.connection_invalidated or isinstance(error.orig, _RETRYABLE)
-            if attempt == attempts or not retryable:
-                raise
-    raise AssertionError("unreachable")
+    return _retried(engine.begin, work, attempts)
 
 
 def in_autocommit(engine: sa.Engine, work: Callable[[sa.Connection], T], attempts: int = 5) -> T:
     """Run `work`, which is one statement, as its own transaction: no BEGIN and no COMMIT
     round trip (the statement commits durably as it ends). Retried as in_transaction."""
+
+    def connect() -> sa.Connection:
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    return _retried(connect, work, attempts)
+
+
+def _retried(
+    open_connection: Callable[[], AbstractContextManager[sa.Connection]],
+    work: Callable[[sa.Connection], T],
+    attempts: int,
+) -> T:
+    """`work` on a connection from `open_connection`, run again (up to `attempts` times)
+    when PostgreSQL aborted it for a deadlock or the connection was lost."""
     for attempt in range(1, attempts + 1):
         try:
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            with open_connection() as conn:
                 return work(conn)
         except sa.exc.DBAPIError as error:
             retryable = error.connection_invalidated or isinstance(error.orig, _RETRYABLE)
