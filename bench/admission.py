@@ -43,6 +43,7 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bulk_load import drop_jobs_indexes  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
 from queue_service.admission import AdmissionPolicy, decide_admission  # noqa: E402
 from queue_service.model import Priority  # noqa: E402
@@ -151,12 +152,7 @@ def fill(size: int, pending: int, aging: float) -> dict[str, float]:
         conn.execute("SET maintenance_work_mem = '512MB'")
         # Secondary indexes are built once after the load, much faster than row by row;
         # they are recreated from their own definitions, so the schema stays the migrated one.
-        definitions = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs' AND indexname "
-            "NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = 'jobs'::regclass)"
-        ).fetchall()
-        for name, _ in definitions:
-            conn.execute(f"DROP INDEX {name}")
+        definitions = drop_jobs_indexes(conn)
         with conn.cursor() as cur:
             # Binary COPY: half the server-side parsing of the text format.
             with cur.copy(f"COPY jobs ({COMPLETED_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
@@ -168,7 +164,7 @@ def fill(size: int, pending: int, aging: float) -> dict[str, float]:
                 for row in pending_rows(pending, now, aging):
                     copy.write_row(row)
         clock.append(time.perf_counter())
-        for _, definition in definitions:
+        for definition in definitions:
             conn.execute(definition)
         conn.commit()
     clock.append(time.perf_counter())

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bulk_load import drop_jobs_indexes  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
 from bench.scale_support import (  # noqa: E402
     PG,
@@ -109,7 +111,7 @@ COLUMNS = (
 EVENT_COLUMNS = "job_id, at, level, event, attempt, status, previous_status, message, data"
 
 
-def weighted(weights: dict[str, float], draw: str) -> str:
+def weighted(weights: Mapping[str, float], draw: str) -> str:
     """SQL choosing a key of `weights` with probability by weight, from `draw` in [0, 1)."""
     total = sum(weights.values())
     bounds, running = [], 0.0
@@ -188,15 +190,10 @@ def load(conn: psycopg.Connection[Any], args: argparse.Namespace) -> dict[str, f
     conn.execute("SET session_replication_role = replica")
     conn.execute("SET synchronous_commit = off")
     conn.execute("SET maintenance_work_mem = '1GB'")
-    definitions = conn.execute(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs' AND indexname "
-        "NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = 'jobs'::regclass)"
-    ).fetchall()
-    for name, _ in definitions:
-        conn.execute(f"DROP INDEX {name}")
+    definitions = drop_jobs_indexes(conn)
     conn.execute(job_rows_sql(args.rows, args.active, args.days))
     clock["jobs_insert"] = time.perf_counter()
-    for _, definition in definitions:
+    for definition in definitions:
         conn.execute(definition)
     clock["jobs_indexes"] = time.perf_counter()
     # Edges: 5 % of finished jobs depend on the job before them; each blocked job on a
