@@ -103,9 +103,13 @@ def run_chains(
     for jobs in chains:
         post_batch(client, jobs)
         if wait_each:
-            last = jobs[-1]["job_id"]
+            last: str = jobs[-1]["job_id"]
+
+            def chain_done(job_id: str = last) -> bool:
+                return bool(client.get(f"/jobs/{job_id}").json()["status"] == "completed")
+
             wait_until(
-                lambda last=last: client.get(f"/jobs/{last}").json()["status"] == "completed",
+                chain_done,
                 args.timeout,
                 0.02,
                 f"chain {last}",
