@@ -73,7 +73,7 @@ class AttemptClaim(dramatiq.Middleware):
             log.info("message_skipped", job_id=job_id, attempt=attempt, reason="already_claimed")
             raise SkipMessage()
         _claimed.set(claimed)
-        log.info("job_claimed", job_id=job_id, attempt=attempt, worker=runtime.worker_name)
+        log.debug("job_claimed", job_id=job_id, attempt=attempt, worker=runtime.worker_name)
         metrics.job_started(claimed.priority, _waited(claimed.pending_since))
 
     def after_process_message(
