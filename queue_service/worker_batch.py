@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from queue_service.db import execute_in_driver
 from queue_service.lifecycle import AttemptEnd, finish_attempts, storable
 from queue_service.model import JobStatus, Priority
 from queue_service.publisher import Admitted
@@ -29,14 +30,14 @@ from queue_service.settings import Settings
 
 _COMPLETED = Outcome(JobStatus.COMPLETED)
 
-_FLUSH = sa.text(
+# Run at the driver level (`execute_in_driver`): psycopg placeholders.
+_FLUSH = (
     "SELECT kind, job_id, attempt, job_type, payload, timeout_seconds, priority, created_at, "
     "  pending_since FROM taskq_worker_flush("
-    "  CAST(:now AS timestamptz), :worker, :ttl, :aging, :window, :starvation, "
-    "  CAST(:claim_jobs AS text[]), CAST(:claim_attempts AS int[]), "
-    "  CAST(:claim_redelivered AS boolean[]), "
-    "  CAST(:done_jobs AS text[]), CAST(:done_attempts AS int[]), CAST(:done_results AS text[]), "
-    "  CAST(:release_jobs AS text[]), CAST(:release_attempts AS int[]))"
+    "  %(now)s::timestamptz, %(worker)s, %(ttl)s, %(aging)s, %(window)s, %(starvation)s, "
+    "  %(claim_jobs)s::text[], %(claim_attempts)s::int[], %(claim_redelivered)s::boolean[], "
+    "  %(done_jobs)s::text[], %(done_attempts)s::int[], %(done_results)s::text[], "
+    "  %(release_jobs)s::text[], %(release_attempts)s::int[])"
 )
 
 
@@ -94,7 +95,8 @@ def apply_flush(
         )
         result.outcomes.update(finished.outcomes)
         releases = finished.releases
-    rows = conn.execute(
+    rows = execute_in_driver(
+        conn,
         _FLUSH,
         {
             "now": now,
@@ -112,24 +114,23 @@ def apply_flush(
             "release_jobs": [job_id for job_id, _ in releases],
             "release_attempts": [attempt for _, attempt in releases],
         },
-    ).all()
-    for row in rows:
-        key = (row.job_id, row.attempt)
-        if row.kind == "claimed":
-            result.claimed[key] = ClaimedAttempt(
-                job_id=row.job_id,
-                attempt=row.attempt,
-                type=row.job_type,
-                payload=row.payload,
-                timeout_seconds=row.timeout_seconds,
-                priority=row.priority,
-                created_at=row.created_at,
-                pending_since=row.pending_since,
+    )
+    for kind, job_id, attempt, job_type, payload, timeout, priority, created, pending in rows:
+        if kind == "claimed":
+            result.claimed[(job_id, attempt)] = ClaimedAttempt(
+                job_id=job_id,
+                attempt=attempt,
+                type=job_type,
+                payload=payload,
+                timeout_seconds=timeout,
+                priority=priority,
+                created_at=created,
+                pending_since=pending,
             )
-        elif row.kind == "completed":
-            result.outcomes[key] = _COMPLETED
+        elif kind == "completed":
+            result.outcomes[(job_id, attempt)] = _COMPLETED
         else:
-            result.admitted.append(Admitted(row.job_id, row.attempt, Priority(row.priority)))
+            result.admitted.append(Admitted(job_id, attempt, Priority(priority)))
     return result
 
 
