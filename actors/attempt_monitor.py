@@ -76,6 +76,9 @@ class AttemptMonitor:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._watches: set[Watch] = set()
+        # When the monitor thread wakes next on its own (it sleeps until the earliest due
+        # time of its watches): a new watch due later needs no wake-up, and most are.
+        self._wakes_at = 0.0
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskq-attempt-io")
         self._thread = threading.Thread(target=self._run, name="taskq-attempt-monitor")
         self._thread.daemon = True
@@ -85,7 +88,8 @@ class AttemptMonitor:
         watch.context.on_buffered = self.wake
         with self._cond:
             self._watches.add(watch)
-            self._cond.notify()
+            if min(watch.deadline, watch.next_poll) < self._wakes_at:
+                self._cond.notify()
 
     def remove(self, watch: Watch) -> None:
         watch.context.on_buffered = None
@@ -101,7 +105,8 @@ class AttemptMonitor:
             with self._cond:
                 expired, polls, flushes = self._due(time.monotonic())
                 if not (expired or polls or flushes):
-                    self._cond.wait(max(0.0, self._next_due() - time.monotonic()))
+                    self._wakes_at = self._next_due()
+                    self._cond.wait(max(0.0, self._wakes_at - time.monotonic()))
                     continue
             for watch in expired:
                 watch.stop(AttemptResult.TIMEOUT)
