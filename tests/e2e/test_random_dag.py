@@ -2,7 +2,8 @@
 priorities, resources and injected failures, run by the real api and two worker processes.
 
 Whatever the shape, every edge must be respected, every descendant of a failure cancelled
-(and never started), and every job must end in a terminal status.
+(and never started), every job must end in a terminal status, and every status change the
+job's event log records must be one the state machine allows, each following the last.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from queue_service.model import JobStatus, can_transition
 from tests.support.product import Product, wait_until
 
 JOBS = 240
@@ -96,7 +99,7 @@ def _batches(dag: RandomDag, seed: int, count: int) -> list[list[dict[str, Any]]
     ],
 )
 def test_random_dag_respects_every_edge_and_cancels_every_descendant_of_a_failure(
-    product: Product, seed: int, batches: int
+    product: Product, engine: sa.Engine, seed: int, batches: int
 ) -> None:
     # Given a seeded random DAG with some failing jobs
     dag = random_dag(seed, JOBS)
@@ -149,3 +152,34 @@ def test_random_dag_respects_every_edge_and_cancels_every_descendant_of_a_failur
     # and every token went back to the pool
     tokens = product.http.get("/stats").json()["tokens"]
     assert tokens["cpu_units"]["used"] == 0 and tokens["memory_mb"]["used"] == 0
+    # and each job's status events form one chain of allowed transitions, from its
+    # submission to the status it ended in
+    assert not status_chain_breaks(engine, actual), status_chain_breaks(engine, actual)
+
+
+def status_chain_breaks(engine: sa.Engine, final: dict[str, str]) -> list[str]:
+    """What is wrong with the status events of these jobs: a transition the state machine
+    forbids, one that does not start where the previous ended, or a last status that is
+    not the job's."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT job_id, previous_status, status FROM job_events "
+                "WHERE job_id = ANY(:ids) AND status IS NOT NULL ORDER BY job_id, id"
+            ),
+            {"ids": list(final)},
+        ).all()
+    breaks: list[str] = []
+    current: dict[str, str | None] = {}
+    for job_id, previous, status in rows:
+        if job_id in current and previous != current[job_id]:
+            breaks.append(f"{job_id}: {previous} -> {status} after {current[job_id]}")
+        elif previous is not None and not can_transition(JobStatus(previous), JobStatus(status)):
+            breaks.append(f"{job_id}: {previous} -> {status} is not allowed")
+        current[job_id] = status
+    breaks += [
+        f"{job_id}: events end at {current.get(job_id)}, the job is {status}"
+        for job_id, status in final.items()
+        if current.get(job_id) != status
+    ]
+    return breaks
