@@ -179,8 +179,8 @@ def submit_jobs(
     gets its own answer (stored, the original of a repeat, or why it was refused). The
     caller admits once for all of them, after the commit (`admit_ready_jobs`).
 
-    Jobs without dependencies (the common case) are stored with one statement for all of
-    them and one for their events; a job with dependencies goes through `submit_job`.
+    Jobs without dependencies (the common case) are stored with their events by one
+    statement for all of them; a job with dependencies goes through `submit_job`.
 
     Every spec must carry its job id already (`with_job_id`): ids are drawn outside any
     transaction that may be run again, so a retry after a lost commit answer finds the
@@ -201,6 +201,7 @@ def submit_jobs(
                 )
         except errors.TaskQueueError as error:  # refused before writing anything
             answers[index] = error
+    # The rows and their submitted events, in one statement.
     stored = jobs_repo.insert_new_jobs(conn, [row for _, row in plain])
     # A row is stored for the first spec carrying its id; a later one with the same id is
     # a repeat of it.
@@ -208,7 +209,6 @@ def submit_jobs(
     for index, row in plain:
         if row["id"] in stored and row["id"] not in created:
             created[row["id"]] = index
-    events_repo.record_submitted(conn, list(created))
     for index, row in plain:
         if created.get(row["id"]) == index:
             answers[index] = Submitted(stored[row["id"]], created=True)
