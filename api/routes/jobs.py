@@ -12,7 +12,6 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import READ, SUBMIT, AppState, State
 from api.errors import ERROR_RESPONSES
-from api.group_commit import admit_after_commit
 from api.schemas import (
     MAX_PAYLOAD_BYTES,
     BatchAccepted,
@@ -103,7 +102,7 @@ def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
 
     rows, _ = in_transaction(state.engine, work)
     if any(row["status"] == JobStatus.PENDING for row in rows):
-        admit_after_commit(state.engine, state.settings, state.broker, now)
+        state.submissions.admit_soon()  # after the answer, beside it
     metrics.jobs_submitted(len(rows))
     # One validation of the whole answer (not one model built per job from Python).
     return BatchAccepted.model_validate(
