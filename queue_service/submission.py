@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -28,17 +29,30 @@ from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings
 
+# Every pair of Crockford base-32 digits (the ULID alphabet), by its 10-bit value.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DIGIT_PAIRS = [first + second for first in _CROCKFORD for second in _CROCKFORD]
+_PAIR_SHIFTS = range(120, -1, -10)
 
 
 def new_job_id() -> str:
     """`job_` + 26 characters: a ULID (48-bit millisecond time, 80 random bits)."""
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "job_" + "".join(reversed(chars))
+    return _job_id((int(time.time() * 1000) << 80) | secrets.randbits(80))
+
+
+def new_job_ids(count: int) -> list[str]:
+    """`count` new job ids, as `new_job_id` makes them, with one read of the system's
+    randomness for all of them (a batch's 10,000 reads cost more than the rest)."""
+    millis = int(time.time() * 1000) << 80
+    random = os.urandom(10 * count)
+    return [
+        _job_id(millis | int.from_bytes(random[10 * i : 10 * i + 10], "big")) for i in range(count)
+    ]
+
+
+def _job_id(value: int) -> str:
+    # 26 digits of 5 bits, two at a time, from the top (the first digit holds 3 bits).
+    return "job_" + "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 @dataclass(frozen=True)
@@ -318,7 +332,9 @@ def submit_batch(
     statuses = dict(dep_statuses)
     reasons: dict[str, str] = {}
     states: dict[str, dict[str, Any]] = {}
-    for job_id in topological_order({i: s.depends_on for i, s in by_id.items()}):
+    graph = {i: s.depends_on for i, s in by_id.items()}
+    # Without edges the order is the batch's own (as topological_order would give it).
+    for job_id in topological_order(graph) if any(graph.values()) else list(graph):
         state = _initial_state(by_id[job_id], statuses, now, policy, reasons)
         states[job_id] = state
         statuses[job_id] = "cancelled" if state["status"] == "cancelled" else "blocked"
