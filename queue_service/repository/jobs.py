@@ -12,17 +12,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from queue_service.admission import Candidate
 from queue_service.model import Priority
-from queue_service.tables import jobs, leases
+from queue_service.tables import jobs, leases, metadata
 
 Row = sa.Row[Any]
 
@@ -177,17 +179,24 @@ def insert_dependencies(conn: sa.Connection, edges: Sequence[tuple[str, str]]) -
 
 
 def _copy(conn: sa.Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """COPY rows (dicts with the same keys) into `table` within the caller's transaction."""
+    """COPY rows (dicts with the same keys) into `table` within the caller's transaction;
+    the dicts and lists of its jsonb columns go as JSON."""
     if not rows:
         return
     columns = list(rows[0])
+    values_of = itemgetter(*columns)
+    jsonb = {c.name for c in metadata.tables[table].c if isinstance(c.type, JSONB)}
+    json_positions = [i for i, name in enumerate(columns) if name in jsonb]
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor:
         statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
         with cursor.copy(statement) as copy:
             for row in rows:
-                copy.write_row([_copyable(row[c]) for c in columns])
+                values = list(values_of(row)) if len(columns) > 1 else [row[columns[0]]]
+                for i in json_positions:
+                    values[i] = _copyable(values[i])
+                copy.write_row(values)
 
 
 def _copyable(value: Any) -> Any:
