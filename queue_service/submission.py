@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -55,6 +55,10 @@ def _job_id(value: int) -> str:
     return "job_" + "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
+# json.dumps(..., sort_keys=True, separators=(",", ":"), default=str), built once.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One normalised submission (defaults applied)."""
@@ -92,8 +96,7 @@ class JobSpec:
             "timeout_seconds": self.timeout_seconds,
             "run_at": self.run_at.isoformat() if self.run_at else None,
         }
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(_CANONICAL_JSON(body).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -305,11 +308,14 @@ def submit_batch(
     now: datetime,
     *,
     admit: bool = True,
+    drawn_ids: Collection[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], list[Admitted]]:
     """Store a whole batch atomically: validated as one graph, bulk-inserted (COPY).
 
     Returns the stored rows in the batch's order. Give the specs their ids first
-    (`with_job_id`) when the transaction may be run again.
+    (`with_job_id`) when the transaction may be run again. `drawn_ids` are ids the caller
+    drew itself (`new_job_ids`): no stored job can hold one, so only the others are
+    looked up for a duplicate.
     """
     for spec in specs:
         check_against_product(spec, settings)
@@ -320,7 +326,7 @@ def submit_batch(
     validate_batch(
         [(i, s.depends_on) for i, s in zip(ids, specs, strict=True)], dep_statuses.keys()
     )
-    taken = jobs_repo.existing_ids(conn, ids)
+    taken = jobs_repo.existing_ids(conn, [i for i in ids if i not in drawn_ids])
     if taken:
         raise errors.DuplicateJobId(
             f"job ids already exist: {', '.join(sorted(taken)[:20])}", {"job_ids": sorted(taken)}

@@ -110,14 +110,17 @@ def create_batch(body: BatchCreate, state: State) -> Response:
         _check_payload_size(job, index)
     # Each type's defaults looked up once, the ids drawn together.
     defaults = {name: submission_defaults(name) for name in {job.type for job in body.jobs}}
+    drawn = new_job_ids(len(body.jobs))
     specs = [
         job.to_spec(job_id=job_id, defaults=defaults[job.type])
-        for job, job_id in zip(body.jobs, new_job_ids(len(body.jobs)), strict=True)
+        for job, job_id in zip(body.jobs, drawn, strict=True)
     ]
+    # Only the ids the client chose may already be taken.
+    unchosen = {job_id for job, job_id in zip(body.jobs, drawn, strict=True) if not job.job_id}
     now = _now()
 
     def work(conn: sa.Connection) -> tuple[list[dict[str, Any]], list[Admitted]]:
-        return submit_batch(conn, state.settings, specs, now, admit=False)
+        return submit_batch(conn, state.settings, specs, now, admit=False, drawn_ids=unchosen)
 
     rows, _ = in_transaction(state.engine, work)
     if any(row["status"] == JobStatus.PENDING for row in rows):

@@ -18,7 +18,6 @@ from typing import Any, cast
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
-from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -200,8 +199,8 @@ def _copy(conn: sa.Connection, table: str, rows: Sequence[Mapping[str, Any]]) ->
 
 
 def _copyable(value: Any) -> Any:
-    """dicts and lists go to jsonb columns."""
-    return Jsonb(value) if isinstance(value, dict | list) else value
+    """dicts and lists go to jsonb columns, as JSON text (what Jsonb would send)."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 def find_by_id_or_key(
