@@ -2,11 +2,16 @@
 
 Each request puts its job on a queue and awaits its answer. One task per api process
 takes whatever is queued (at once when idle, so a lone request waits for nobody), stores
-the group in one transaction in a worker thread (`submission.submit_jobs`), runs
-admission once for the group, commits, publishes what was admitted, and answers every
-request. While one group commits the next one gathers, so under load many requests share
-each commit and each pool-row visit. The durability promise is unchanged: a request is
-answered only after the transaction holding its job committed.
+the group in one transaction in a worker thread (`submission.submit_jobs`), commits and
+answers every request. While one group commits the next one gathers, so under load many
+requests share each commit. The durability promise is unchanged: a request is answered
+only after the transaction holding its job committed.
+
+Admission of what was stored runs beside that loop, not before the answer (the answer
+never showed it: `accepted_jobs` is read before the commit): one admitter task per api
+process runs `admit_after_commit` when a group or a batch stored a ready job, once for
+all that were stored while it ran. A crash between the commit and the admission loses
+nothing: the next worker batch or the maintenance ticker admits the job.
 """
 
 from __future__ import annotations
@@ -73,16 +78,41 @@ class SubmissionGroups:
         self._settings = settings
         self._broker = broker
         self._queue: asyncio.Queue[tuple[JobSpec, asyncio.Future[Answer]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._admission_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._admit())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    def admit_soon(self) -> None:
+        """Ask the admitter for a pass (ready jobs were committed). Safe from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._admission_wanted.set)
+
+    async def _admit(self) -> None:
+        """One admission pass at a time; a request for one while it runs makes one more."""
+        while True:
+            await self._admission_wanted.wait()
+            self._admission_wanted.clear()
+            try:
+                await anyio.to_thread.run_sync(
+                    admit_after_commit,
+                    self._engine,
+                    self._settings,
+                    self._broker,
+                    datetime.now(UTC),
+                )
+            except Exception as error:  # the jobs are stored: a worker or the ticker admits
+                log.warning("admission_after_submit_failed", error=type(error).__name__)
 
     async def submit(self, spec: JobSpec) -> Answer:
         """Store `spec` (which carries its job id) with whatever else is being submitted."""
@@ -106,6 +136,11 @@ class SubmissionGroups:
                     future.set_exception(answer)
                 else:
                     future.set_result(answer)
+            if any(
+                isinstance(a, Answer) and a.created and a.accepted.status == JobStatus.PENDING
+                for a in answers
+            ):
+                self._admission_wanted.set()
 
     def _store(self, specs: Sequence[JobSpec]) -> list[Answer | Exception]:
         """One transaction for the group; if it fails as a whole (a constraint a spec
@@ -138,10 +173,7 @@ class SubmissionGroups:
                 for result in results
             ]
 
-        answers = in_transaction(self._engine, store)
-        if any(isinstance(a, Answer) and a.accepted.status == JobStatus.PENDING for a in answers):
-            admit_after_commit(self._engine, self._settings, self._broker, now)
-        return answers
+        return in_transaction(self._engine, store)
 
 
 def admit_after_commit(

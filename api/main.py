@@ -28,8 +28,9 @@ log = get_logger(__name__)
 
 # Every router of the API, in the order they are matched.
 ROUTERS = [
-    m.router
-    for m in (jobs, stream, dead_letters, scheduler, stats, metrics, workers, health, admin)
+    jobs.submissions,
+    jobs.reads,
+    *(m.router for m in (stream, dead_letters, scheduler, stats, metrics, workers, health, admin)),
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from queue_service.job_types import submission_defaults
+from queue_service.job_types import SubmissionDefaults, submission_defaults
 from queue_service.model import JobStatus, Priority
 from queue_service.submission import JobSpec
 
@@ -121,10 +121,17 @@ class JobCreate(_Strict):
         except OverflowError as error:
             raise ValueError("run_at is out of range") from error
 
-    def to_spec(self, idempotency_key: str | None = None, job_id: str | None = None) -> JobSpec:
-        """The normalised submission; `job_id` names it when the request does not."""
+    def to_spec(
+        self,
+        idempotency_key: str | None = None,
+        job_id: str | None = None,
+        defaults: SubmissionDefaults | None = None,
+    ) -> JobSpec:
+        """The normalised submission; `job_id` names it when the request does not.
+        `defaults` are `submission_defaults(self.type)`, when the caller has them."""
         # Request > type default > global default, field by field.
-        defaults = submission_defaults(self.type)
+        if defaults is None:
+            defaults = submission_defaults(self.type)
         given = self.model_fields_set
         retry = defaults.retry
         if "retry_config" in given:

@@ -98,7 +98,8 @@ class EventHub:
                     await conn.execute(f"LISTEN {names.JOB_EVENTS_CHANNEL}")
                     self.listening.set()
                     async for notify in conn.notifies():
-                        self._fan_out(_events(notify.payload))
+                        if self._subscriptions:  # nobody listening: nothing to decode
+                            self._fan_out(_events(notify.payload))
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # reconnect: PostgreSQL restarted or the link dropped

@@ -20,7 +20,7 @@ import httpx
 import psycopg
 
 from bench import compare_services as services
-from bench import process_cpu
+from bench import http_load, process_cpu
 from bench.completion_counter import read_counts
 
 PRIORITIES = ["critical", "high", "normal", "low"]
@@ -309,17 +309,22 @@ def run_rate(
         with httpx.Client(base_url=product.base_url, headers=headers, timeout=60) as http:
             for body in job_bodies(50, rng):  # warm-up
                 http.post("/jobs", json=body)
-            latencies = []
-            for body in job_bodies(latency_count, rng):
-                if time.monotonic() > deadline:
-                    break
-                sent = time.perf_counter()
-                http.post("/jobs", json=body).raise_for_status()
-                latencies.append(time.perf_counter() - sent)
-            rows_before = _rows()
-            ok, errors, seconds = asyncio.run(
-                _concurrent_posts(urls, headers, job_bodies(count, rng), 32, deadline)
+            # One connection, one request at a time; the lean client (bench/http_load.py)
+            # so that the client's own cost does not count as the api's latency or cap
+            # its rate.
+            single, _ = asyncio.run(
+                http_load.post_all(
+                    urls[:1], headers, "/jobs", job_bodies(latency_count, rng), 1, deadline
+                )
             )
+            if single.errors:
+                raise RuntimeError(f"POST /jobs at concurrency 1: {single.errors} failed")
+            latencies = single.latencies
+            rows_before = _rows()
+            tally, seconds = asyncio.run(
+                http_load.post_all(urls, headers, "/jobs", job_bodies(count, rng), 32, deadline)
+            )
+            ok, errors = tally.ok, tally.errors
             rows_added = _rows() - rows_before
             batch_jobs, batch_seconds = 0, 0.0
             for _ in range(batch_rounds):
@@ -358,43 +363,3 @@ def _rows() -> int:
     with psycopg.connect(f"{services.PG}/{services.OURS_DB}") as conn:
         row = conn.execute("SELECT count(*) FROM jobs").fetchone()
     return int(row[0]) if row else 0
-
-
-async def _concurrent_posts(
-    base_urls: list[str],
-    headers: dict[str, str],
-    bodies: list[dict[str, Any]],
-    connections: int,
-    deadline: float,
-) -> tuple[int, int, float]:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    pending = iter(bodies)
-    ok = errors = 0
-
-    async def client_loop(http: httpx.AsyncClient) -> None:
-        nonlocal ok, errors
-        for body in pending:
-            if time.monotonic() > deadline:
-                return
-            try:
-                response = await http.post("/jobs", json=body)
-            except httpx.HTTPError:
-                errors += 1
-                continue
-            if response.is_success:
-                ok += 1
-            else:
-                errors += 1
-
-    # One client per api process; the connections are spread evenly over them.
-    clients = [
-        httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits)
-        for url in base_urls
-    ]
-    try:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(clients[i % len(clients)]) for i in range(connections)))
-        return ok, errors, time.perf_counter() - started
-    finally:
-        for client in clients:
-            await client.aclose()

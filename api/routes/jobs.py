@@ -7,12 +7,12 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import pydantic_core
 import sqlalchemy as sa
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import READ, SUBMIT, AppState, State
 from api.errors import ERROR_RESPONSES
-from api.group_commit import admit_after_commit
 from api.schemas import (
     MAX_PAYLOAD_BYTES,
     BatchAccepted,
@@ -31,15 +31,22 @@ from api.schemas import (
 )
 from queue_service import errors, metrics
 from queue_service.db import in_transaction
+from queue_service.job_types import submission_defaults
 from queue_service.lifecycle import cancel_job
 from queue_service.model import JobStatus, Priority
 from queue_service.publisher import Admitted, publish_admitted
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import explain_wait
-from queue_service.submission import new_job_id, submit_batch
+from queue_service.submission import new_job_id, new_job_ids, submit_batch
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES, dependencies=[READ])
+# Submitting needs the submit scope, which includes read: the two POST routes check it
+# alone (one auth dependency per request, not read and then submit), on a router of
+# their own that the app includes first (so the OpenAPI document keeps its order).
+submissions = APIRouter(
+    prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES, dependencies=[SUBMIT]
+)
+reads = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES, dependencies=[READ])
 
 
 def _now() -> datetime:
@@ -62,63 +69,82 @@ def _publish(state: AppState, admitted: list[Admitted]) -> None:
     publish_admitted(state.broker, admitted)
 
 
-@router.post(
+@submissions.post(
     "",
     status_code=201,
     response_model=JobAccepted,
-    dependencies=[SUBMIT],
     responses={200: {"model": JobAccepted, "description": "a repeated submission: the original"}},
 )
 async def create_job(
     body: JobCreate,
-    state: State,
-    response: Response,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> JobAccepted:
+) -> Response:
     """Submit one job. Repeating a submission (same job_id or idempotency key, same body)
     returns the original with 200; a different body under the same id or key is a 409.
     Concurrent submissions share one transaction (group commit); each is answered once
     its job is committed."""
     _check_payload_size(body)
     spec = body.to_spec(idempotency_key, job_id=new_job_id())
+    state: AppState = request.app.state.taskq
     answer = await state.submissions.submit(spec)
     metrics.jobs_submitted(1 if answer.created else 0)
-    response.status_code = 201 if answer.created else 200
-    response.headers["Location"] = f"/jobs/{answer.accepted.job_id}"
-    return answer.accepted
+    # The answer as response_model would render it, without validating it once more.
+    return Response(
+        _JOB_ACCEPTED_JSON(answer.accepted),
+        status_code=201 if answer.created else 200,
+        headers={"Location": f"/jobs/{answer.accepted.job_id}"},
+        media_type="application/json",
+    )
 
 
-@router.post("/batch", status_code=201, response_model=BatchAccepted, dependencies=[SUBMIT])
-def create_batch(body: BatchCreate, state: State) -> BatchAccepted:
+_JOB_ACCEPTED_JSON = JobAccepted.__pydantic_serializer__.to_json
+
+
+@submissions.post("/batch", status_code=201, response_model=BatchAccepted)
+def create_batch(body: BatchCreate, state: State) -> Response:
     """Submit up to 10,000 jobs atomically. `depends_on` may name jobs of the same batch,
     in any order, or existing jobs. A cycle is rejected (422 `dependency_cycle`, naming
     it) and nothing of the batch is stored."""
     for index, job in enumerate(body.jobs):
         _check_payload_size(job, index)
-    specs = [job.to_spec(job_id=new_job_id()) for job in body.jobs]
+    # Each type's defaults looked up once, the ids drawn together.
+    defaults = {name: submission_defaults(name) for name in {job.type for job in body.jobs}}
+    drawn = new_job_ids(len(body.jobs))
+    specs = [
+        job.to_spec(job_id=job_id, defaults=defaults[job.type])
+        for job, job_id in zip(body.jobs, drawn, strict=True)
+    ]
+    # Only the ids the client chose may already be taken.
+    unchosen = {job_id for job, job_id in zip(body.jobs, drawn, strict=True) if not job.job_id}
     now = _now()
 
     def work(conn: sa.Connection) -> tuple[list[dict[str, Any]], list[Admitted]]:
-        return submit_batch(conn, state.settings, specs, now, admit=False)
+        return submit_batch(conn, state.settings, specs, now, admit=False, drawn_ids=unchosen)
 
     rows, _ = in_transaction(state.engine, work)
     if any(row["status"] == JobStatus.PENDING for row in rows):
-        admit_after_commit(state.engine, state.settings, state.broker, now)
+        state.submissions.admit_soon()  # after the answer, beside it
     metrics.jobs_submitted(len(rows))
-    # One validation of the whole answer (not one model built per job from Python).
-    return BatchAccepted.model_validate(
-        {
-            "items": [
-                {
-                    "job_id": row["id"],
-                    "status": row["status"],
-                    "created_at": row["created_at"],
-                    "priority": row["priority"],
-                    "position_in_queue": None,
-                }
-                for row in rows
-            ]
-        }
+    # The answer as response_model renders it, straight from the stored rows: no model
+    # built or validated per job (the rows hold what the schema allows).
+    return Response(
+        pydantic_core.to_json(
+            {
+                "items": [
+                    {
+                        "job_id": row["id"],
+                        "status": row["status"],
+                        "created_at": row["created_at"],
+                        "priority": row["priority"],
+                        "position_in_queue": None,
+                    }
+                    for row in rows
+                ]
+            }
+        ),
+        status_code=201,
+        media_type="application/json",
     )
 
 
@@ -161,7 +187,7 @@ def _progress(latest: dict[str, Any] | None) -> JobProgress | None:
     )
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@reads.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, state: State) -> JobPublic:
     """The job with its status, attempts, timestamps, graph edges and why it waits."""
     with state.engine.connect() as conn:
@@ -195,7 +221,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise errors.InvalidCursor("cursor is not one this API returned") from error
 
 
-@router.get("", response_model=JobsPublic)
+@reads.get("", response_model=JobsPublic)
 def list_jobs(
     state: State,
     status: JobStatus | None = None,
@@ -230,7 +256,7 @@ def list_jobs(
     )
 
 
-@router.patch(
+@reads.patch(
     "/{job_id}/cancel",
     response_model=JobPublic,
     dependencies=[SUBMIT],
@@ -255,7 +281,7 @@ def cancel(job_id: str, state: State, response: Response) -> JobPublic:
         return _job_public(conn, state, job)
 
 
-@router.get("/{job_id}/logs", response_model=JobLogs)
+@reads.get("/{job_id}/logs", response_model=JobLogs)
 def job_logs(job_id: str, state: State) -> JobLogs:
     """Execution history: every transition, claim, token grant and release, with errors."""
     with state.engine.connect() as conn:

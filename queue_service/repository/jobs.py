@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
-from psycopg.types.json import Jsonb
+from psycopg.rows import namedtuple_row
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from queue_service.admission import Candidate
 from queue_service.model import Priority
-from queue_service.tables import jobs, leases
+from queue_service.tables import jobs, leases, metadata
 
 Row = sa.Row[Any]
 
@@ -84,28 +88,43 @@ _NEW_JOB_COLUMNS = (
     ("next_attempt_at", "timestamptz"),
     ("created_at", "timestamptz"),
 )
-_INSERT_NEW_JOBS = sa.text(
-    "INSERT INTO jobs (" + ", ".join(name for name, _ in _NEW_JOB_COLUMNS) + ") "
+_SUBMITTED_EVENT_COLUMNS = (
+    "job_id, at, level, event, attempt, status, previous_status, message, data"
+)
+# The jobs and their first events (as events.record_submitted writes them) in one
+# statement: the events are made from the rows the INSERT returns, in `seq` order.
+_INSERT_NEW_JOBS = (
+    "WITH stored AS (INSERT INTO jobs (" + ", ".join(name for name, _ in _NEW_JOB_COLUMNS) + ") "
     "SELECT "
     + ", ".join(
         f"CAST(u.{name} AS jsonb)" if name == "payload" else f"u.{name}"
         for name, _ in _NEW_JOB_COLUMNS
     )
     + " FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _NEW_JOB_COLUMNS)
+    + ", ".join(f"CAST(%({name})s AS {kind}[])" for name, kind in _NEW_JOB_COLUMNS)
     + ") WITH ORDINALITY AS u("
     + ", ".join(name for name, _ in _NEW_JOB_COLUMNS)
     + ", n) ORDER BY u.n "
     "ON CONFLICT DO NOTHING "
-    "RETURNING id, seq, status, priority, created_at, rank, queued_at"
+    "RETURNING id, seq, status, priority, type, created_at, rank, queued_at, cancel_reason), "
+    f"events AS (INSERT INTO job_events ({_SUBMITTED_EVENT_COLUMNS}) "
+    "SELECT s.id, s.created_at, 'info', 'job_' || s.status, 0, s.status, NULL, "
+    "  'submitted as ' || s.status || coalesce(' (' || s.cancel_reason || ')', ''), "
+    "  jsonb_build_object('priority', s.priority, 'type', s.type) "
+    "FROM stored s ORDER BY s.seq) "
+    "SELECT id, seq, status, priority, created_at, rank, queued_at FROM stored"
 )
 
 
-def insert_new_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> dict[str, Row]:
-    """Insert jobs without dependencies in one statement (in the given order, so `seq`
-    follows it), skipping those whose id or idempotency key exists already (or repeats
-    one of an earlier row). Returns the stored ones by id: (id, seq, status, priority,
-    created_at, rank, queued_at)."""
+def insert_new_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Insert jobs without dependencies and their submitted events (`job_<status>`, as
+    `events.record_submitted` makes them) in one statement, in the given order so that
+    `seq` and the event ids follow it, skipping those whose id or idempotency key exists
+    already (or repeats one of an earlier row). Returns the stored ones by id: rows with
+    (id, seq, status, priority, created_at, rank, queued_at).
+
+    Run on the driver's connection as a prepared statement, with the transaction's BEGIN
+    in the same round trip: this is the hot path of `POST /jobs`."""
     if not rows:
         return {}
     params: dict[str, list[Any]] = {name: [] for name, _ in _NEW_JOB_COLUMNS}
@@ -113,8 +132,39 @@ def insert_new_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> d
         for name, _ in _NEW_JOB_COLUMNS:
             value = row[name]
             params[name].append(json.dumps(value) if name == "payload" else value)
-    stored = conn.execute(_INSERT_NEW_JOBS, params).all()
+    with (
+        _driver(conn, _INSERT_NEW_JOBS) as raw,
+        raw.pipeline(),
+        raw.cursor(row_factory=namedtuple_row) as cursor,
+    ):
+        cursor.execute(_INSERT_NEW_JOBS, params, prepare=True)
+        stored: list[Any] = cursor.fetchall()
     return {r.id: r for r in stored}
+
+
+@contextmanager
+def _driver(conn: sa.Connection, statement: str) -> Iterator[psycopg.Connection[Any]]:
+    """The psycopg connection under `conn`, in its transaction. A driver error comes out
+    as SQLAlchemy's (sa.exc.DataError, ...), as from `conn.execute`, with a lost
+    connection invalidated: the retries of `db.in_transaction`, the group split of
+    `api.group_commit` and the api's error answers see what they always saw."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    try:
+        yield raw
+    except psycopg.Error as error:
+        lost = conn.dialect.is_disconnect(cast(Any, error), conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(error)
+        raise sa.exc.DBAPIError.instance(
+            statement,
+            None,
+            error,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=lost,
+            dialect=conn.dialect,
+        ) from error
 
 
 def insert_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -128,22 +178,29 @@ def insert_dependencies(conn: sa.Connection, edges: Sequence[tuple[str, str]]) -
 
 
 def _copy(conn: sa.Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """COPY rows (dicts with the same keys) into `table` within the caller's transaction."""
+    """COPY rows (dicts with the same keys) into `table` within the caller's transaction;
+    the dicts and lists of its jsonb columns go as JSON."""
     if not rows:
         return
     columns = list(rows[0])
+    values_of = itemgetter(*columns)
+    jsonb = {c.name for c in metadata.tables[table].c if isinstance(c.type, JSONB)}
+    json_positions = [i for i, name in enumerate(columns) if name in jsonb]
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor:
         statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
         with cursor.copy(statement) as copy:
             for row in rows:
-                copy.write_row([_copyable(row[c]) for c in columns])
+                values = list(values_of(row)) if len(columns) > 1 else [row[columns[0]]]
+                for i in json_positions:
+                    values[i] = _copyable(values[i])
+                copy.write_row(values)
 
 
 def _copyable(value: Any) -> Any:
-    """dicts and lists go to jsonb columns."""
-    return Jsonb(value) if isinstance(value, dict | list) else value
+    """dicts and lists go to jsonb columns, as JSON text (what Jsonb would send)."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 def find_by_id_or_key(
@@ -251,6 +308,18 @@ def list_jobs(
     return conn.execute(query).all()
 
 
+# For the rest of the transaction; sent with the read below in one round trip.
+_FORCE_INDEX_WALK = (
+    "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)"
+)
+_RANKED_AHEAD = (
+    "SELECT array_agg(a.rank) AS ranks, array_agg(a.seq) AS seqs "
+    "FROM (SELECT j.rank, j.seq FROM jobs j "
+    f"  WHERE j.status = 'pending' AND {_NO_LEASE} "
+    "  AND (j.rank, j.seq) < (%(rank)s, %(seq)s) ORDER BY j.rank, j.seq LIMIT %(cap)s) a"
+)
+
+
 def positions_in_queue(
     conn: sa.Connection, keys: Sequence[tuple[float, int]], cap: int
 ) -> list[int]:
@@ -266,22 +335,13 @@ def positions_in_queue(
     if not keys:
         return []
     rank, seq = max(keys)
-    conn.execute(
-        sa.text(
-            "SELECT set_config('enable_bitmapscan', 'off', true), "
-            "set_config('enable_seqscan', 'off', true)"
-        )
-    )
-    row = conn.execute(
-        sa.text(
-            "SELECT array_agg(a.rank) AS ranks, array_agg(a.seq) AS seqs "
-            "FROM (SELECT j.rank, j.seq FROM jobs j "
-            f"  WHERE j.status = 'pending' AND {_NO_LEASE} "
-            "  AND (j.rank, j.seq) < (:rank, :seq) ORDER BY j.rank, j.seq LIMIT :cap) a"
-        ),
-        {"rank": rank, "seq": seq, "cap": cap},
-    ).one()
-    ahead = sorted(zip(row.ranks or (), row.seqs or (), strict=True))
+    with _driver(conn, _RANKED_AHEAD) as raw, raw.pipeline(), raw.cursor() as cursor:
+        cursor.execute(_FORCE_INDEX_WALK, prepare=True)
+        cursor.execute(_RANKED_AHEAD, {"rank": rank, "seq": seq, "cap": cap}, prepare=True)
+        row = cursor.fetchone()
+    assert row is not None
+    ranks, seqs = row
+    ahead = sorted(zip(ranks or (), seqs or (), strict=True))
     return [bisect_left(ahead, key) for key in keys]
 
 
