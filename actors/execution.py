@@ -10,7 +10,8 @@ limit or asked to cancel: it sets `ctx.stop_requested` and
   `time.sleep`) gets it only when that call returns; cooperative code can watch
   `ctx.should_stop()` instead. Either way the attempt ends as a timeout or a cancel.
 
-The handler's return value must be JSON (no NaN or infinities), at most 64 KiB encoded;
+The handler's return value must be JSON (no NaN or infinities), at most 64 KiB encoded
+and nested at most 32 levels deep;
 anything else fails the job without retry, as does an exception listed in the type's
 `non_retryable` (or a `NonRetryableJobError`). Other exceptions spend an attempt. A
 failure's traceback goes to the job's logs (a `job_log` line at level error) and into
@@ -35,6 +36,7 @@ import pydantic
 from actors.attempt_monitor import Watch, get_monitor
 from queue_service.job_context import JobContext
 from queue_service.job_types import JobType, NonRetryableJobError
+from queue_service.json_limits import MAX_JSON_DEPTH, json_depth
 from queue_service.retry_policy import AttemptResult
 
 MAX_RESULT_BYTES = 64 * 1024
@@ -223,9 +225,19 @@ def storable_result(value: Any) -> Any:
         value = value.model_dump(mode="json")
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as error:
+    except RecursionError:
+        raise ResultRejected(
+            f"the result is nested too deep; the limit is {MAX_JSON_DEPTH} levels"
+        ) from None
+    except (TypeError, ValueError) as error:  # also a cycle ("Circular reference")
         raise ResultRejected(f"the result is not storable as JSON: {error}") from None
     size = len(text.encode())
     if size > MAX_RESULT_BYTES:
         raise ResultRejected(f"the result is {size} bytes; the limit is {MAX_RESULT_BYTES}")
-    return json.loads(text)
+    stored = json.loads(text)
+    depth = json_depth(stored)
+    if depth > MAX_JSON_DEPTH:
+        raise ResultRejected(
+            f"the result is nested {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+        )
+    return stored

@@ -9,16 +9,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from queue_service.job_types import SubmissionDefaults, submission_defaults
+from queue_service.json_limits import MAX_JSON_DEPTH, json_depth
 from queue_service.model import JobStatus, Priority
 from queue_service.submission import JobSpec
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, examples=["fetch_data_001"])]
 MAX_PAYLOAD_BYTES = 64 * 1024
-# Objects and arrays nested deeper than this in a payload are refused at submission: a
-# deeper document is stored by PostgreSQL but cannot be serialized back (the JSON encoder
-# stops at a depth of a few hundred), so every later read of the job would fail.
-MAX_PAYLOAD_DEPTH = 32
+# Objects and arrays nested deeper than this in a payload are refused at submission
+# (queue_service/json_limits.py says why).
+MAX_PAYLOAD_DEPTH = MAX_JSON_DEPTH
 MAX_BATCH = 10_000
 # `position_in_queue` counts the ready jobs ahead up to this many: a longer backlog
 # answers POSITION_CAP ("this many or more"), so a submission's cost does not grow with
@@ -41,19 +41,6 @@ def _iso_text(value: Any) -> Any:
 
 
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
-
-
-def json_depth(value: Any) -> int:
-    """Nesting depth of a JSON value: 0 for a scalar, 1 for a flat object or array."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 class _Strict(BaseModel):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import threading
 import time
 import traceback
@@ -25,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from queue_service.json_limits import MAX_JSON_DEPTH, json_depth
 from queue_service.logging import get_logger
 from queue_service.repository.events import JobEvent, record_events
 
@@ -49,11 +51,15 @@ def database_sink(engine: sa.Engine) -> EventSink:
 
 
 def _storable(data: dict[str, Any]) -> dict[str, Any]:
-    """Data as JSON can hold it: unknown objects as their str, NaN and infinities refused."""
+    """Data as JSON can hold it: unknown objects as their str; NaN, infinities and values
+    nested deeper than MAX_JSON_DEPTH (with the line's own object) stored as their repr."""
     try:
-        return dict(json.loads(json.dumps(data, default=str, allow_nan=False)))
-    except (TypeError, ValueError):
-        return {key: repr(value) for key, value in data.items()}
+        stored = dict(json.loads(json.dumps(data, default=str, allow_nan=False)))
+    except (TypeError, ValueError, RecursionError):  # NaN, a cycle, far too deep
+        stored = None
+    if stored is not None and json_depth(stored) <= MAX_JSON_DEPTH:
+        return stored
+    return {key: reprlib.repr(value) for key, value in data.items()}  # bounded, never deep
 
 
 class JobLogger:

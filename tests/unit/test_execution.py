@@ -23,6 +23,7 @@ from queue_service.job_types import (
     job_type,
     unregister,
 )
+from queue_service.json_limits import MAX_JSON_DEPTH
 from queue_service.repository.events import JobEvent
 from queue_service.retry_policy import AttemptResult
 
@@ -268,13 +269,31 @@ def test_exceptions_keep_their_traceback_and_non_retryable_ones_fail_at_once(
     assert [e.data["traceback"] for e in failure] == [report.traceback]
 
 
+def nested(depth: int) -> Any:
+    """A list nested `depth` levels deep."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def cyclic() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
         ("x" * (MAX_RESULT_BYTES + 1), "limit is 65536"),
         ({"score": math.nan}, "not storable as JSON"),
         ({"at": threading.Lock()}, "not storable as JSON"),
+        (nested(MAX_JSON_DEPTH + 1), f"the limit is {MAX_JSON_DEPTH}"),
+        (nested(5_000), f"the limit is {MAX_JSON_DEPTH} levels"),
+        (cyclic(), "not storable as JSON"),
     ],
+    ids=["too-large", "nan", "not-json", "too-deep", "far-too-deep", "cycle"],
 )
 def test_a_result_that_cannot_be_stored_fails_the_job_without_retry(
     run: Run, register: Any, value: Any, reason: str
@@ -285,6 +304,26 @@ def test_a_result_that_cannot_be_stored_fails_the_job_without_retry(
     report = run(register(handler))
     assert report.result is AttemptResult.PERMANENT_ERROR
     assert report.error is not None and reason in report.error
+
+
+def test_a_result_at_the_depth_limit_is_stored(run: Run, register: Any) -> None:
+    def handler(payload: dict[str, Any], ctx: JobContext) -> Any:
+        return nested(MAX_JSON_DEPTH)
+
+    assert run(register(handler)).value == nested(MAX_JSON_DEPTH)
+
+
+def test_log_data_too_deep_to_store_is_kept_as_text(run: Run, register: Any) -> None:
+    def handler(payload: dict[str, Any], ctx: JobContext) -> None:
+        ctx.logger.info("deep", tree=nested(MAX_JSON_DEPTH - 1), n=1)  # the line adds one
+        ctx.logger.info("deeper", tree=nested(MAX_JSON_DEPTH + 5), n=2)
+        ctx.logger.info("loop", tree=cyclic(), n=3)
+
+    run(register(handler))
+    data = {e.message: e.data for e in run.events if e.event == "job_log"}
+    assert data["deep"] == {"tree": nested(MAX_JSON_DEPTH - 1), "n": 1}
+    assert isinstance(data["deeper"]["tree"], str) and data["deeper"]["n"] == "2"
+    assert isinstance(data["loop"]["tree"], str)
 
 
 def test_a_result_is_normalised_to_json(run: Run, register: Any) -> None:
