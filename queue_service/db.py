@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar, cast
 
+import psycopg
 import psycopg.errors
 import sqlalchemy as sa
 
@@ -72,25 +73,38 @@ def relaxed_commit(conn: sa.Connection) -> sa.Connection:
     return conn
 
 
+@contextmanager
+def driver_connection(conn: sa.Connection, statement: str) -> Iterator[psycopg.Connection[Any]]:
+    """The psycopg connection under `conn`, in its transaction, for a hot statement run at
+    the driver level (SQLAlchemy's compilation, parameter and result processing cost a
+    measurable share of the CPU per job or per request). A driver error comes out as
+    SQLAlchemy's (sa.exc.DataError, ...), with a lost connection invalidated, as from
+    `conn.execute`: the retries of `in_transaction` and `in_autocommit`, the api's group
+    split and its error answers see what they always saw."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    try:
+        yield raw
+    except psycopg.Error as error:
+        lost = conn.dialect.is_disconnect(cast(Any, error), conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(error)
+        raise sa.exc.DBAPIError.instance(
+            statement,
+            None,
+            error,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=lost,
+            dialect=conn.dialect,
+        ) from error
+
+
 def execute_in_driver(
     conn: sa.Connection, statement: str, params: Mapping[str, Any]
 ) -> list[tuple[Any, ...]]:
-    """Run one hot statement (psycopg's `%(name)s` placeholders) on the driver connection
-    under `conn`, in its transaction, and return its rows as tuples.
-
-    For the statements a worker runs per flush: SQLAlchemy's compilation, parameter and
-    result processing cost a measurable share of the worker's CPU per job. psycopg
-    prepares the statement on the server after a few executions. Errors come back as
-    SQLAlchemy's, with the connection invalidated when it was lost, as from
-    `conn.execute`, so `in_transaction` and `in_autocommit` retry them the same way.
-    """
-    driver: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
-    try:
+    """Run one statement (psycopg's `%(name)s` placeholders) on the driver connection under
+    `conn` (`driver_connection`) and return its rows as tuples; psycopg prepares it on the
+    server after a few executions."""
+    with driver_connection(conn, statement) as driver:
         return driver.execute(statement, params).fetchall()
-    except psycopg.Error as error:
-        lost = driver.broken or driver.closed
-        if lost:
-            conn.invalidate()
-        raise sa.exc.DBAPIError.instance(
-            statement, dict(params), error, psycopg.Error, connection_invalidated=lost
-        ) from error

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from queue_service.admission import Candidate
+from queue_service.db import driver_connection
 from queue_service.model import Priority
 from queue_service.tables import jobs, leases, metadata
 
@@ -133,38 +132,13 @@ def insert_new_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> d
             value = row[name]
             params[name].append(json.dumps(value) if name == "payload" else value)
     with (
-        _driver(conn, _INSERT_NEW_JOBS) as raw,
+        driver_connection(conn, _INSERT_NEW_JOBS) as raw,
         raw.pipeline(),
         raw.cursor(row_factory=namedtuple_row) as cursor,
     ):
         cursor.execute(_INSERT_NEW_JOBS, params, prepare=True)
         stored: list[Any] = cursor.fetchall()
     return {r.id: r for r in stored}
-
-
-@contextmanager
-def _driver(conn: sa.Connection, statement: str) -> Iterator[psycopg.Connection[Any]]:
-    """The psycopg connection under `conn`, in its transaction. A driver error comes out
-    as SQLAlchemy's (sa.exc.DataError, ...), as from `conn.execute`, with a lost
-    connection invalidated: the retries of `db.in_transaction`, the group split of
-    `api.group_commit` and the api's error answers see what they always saw."""
-    raw = conn.connection.driver_connection
-    assert isinstance(raw, psycopg.Connection)
-    try:
-        yield raw
-    except psycopg.Error as error:
-        lost = conn.dialect.is_disconnect(cast(Any, error), conn.connection.dbapi_connection, None)
-        if lost:
-            conn.invalidate(error)
-        raise sa.exc.DBAPIError.instance(
-            statement,
-            None,
-            error,
-            psycopg.Error,
-            hide_parameters=True,
-            connection_invalidated=lost,
-            dialect=conn.dialect,
-        ) from error
 
 
 def insert_jobs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -335,7 +309,7 @@ def positions_in_queue(
     if not keys:
         return []
     rank, seq = max(keys)
-    with _driver(conn, _RANKED_AHEAD) as raw, raw.pipeline(), raw.cursor() as cursor:
+    with driver_connection(conn, _RANKED_AHEAD) as raw, raw.pipeline(), raw.cursor() as cursor:
         cursor.execute(_FORCE_INDEX_WALK, prepare=True)
         cursor.execute(_RANKED_AHEAD, {"rank": rank, "seq": seq, "cap": cap}, prepare=True)
         row = cursor.fetchone()
