@@ -49,17 +49,22 @@ class Answer:
     created: bool
 
 
-def accepted_jobs(conn: sa.Connection, jobs: Sequence[Any]) -> list[JobAccepted]:
+def accepted_jobs(
+    conn: sa.Connection, jobs: Sequence[Any], ranked: jobs_repo.RankedAhead | None = None
+) -> list[JobAccepted]:
     """The answers to submissions; `position_in_queue` only while a job waits for tokens.
-    One count for all of them (`positions_in_queue`)."""
+    One count for all of them: the walk taken with the insert (`ranked`) when it covers
+    them, else `positions_in_queue`."""
     waiting = [
         (job.rank, job.seq)
         for job in jobs
         if job.status == JobStatus.PENDING and job.queued_at is None
     ]
-    positions = dict(
-        zip(waiting, jobs_repo.positions_in_queue(conn, waiting, POSITION_CAP), strict=True)
-    )
+    if ranked is not None and ranked.covers(waiting):
+        places = ranked.places(waiting)
+    else:
+        places = jobs_repo.positions_in_queue(conn, waiting, POSITION_CAP)
+    positions = dict(zip(waiting, places, strict=True))
     return [
         JobAccepted(
             job_id=job.id,
@@ -163,9 +168,9 @@ class SubmissionGroups:
         now = datetime.now(UTC)
 
         def store(conn: sa.Connection) -> list[Answer | Exception]:
-            results = submit_jobs(conn, self._settings, specs, now)
+            results, ranked = submit_jobs(conn, self._settings, specs, now, POSITION_CAP)
             submitted = [r for r in results if not isinstance(r, errors.TaskQueueError)]
-            accepted = iter(accepted_jobs(conn, [r.job for r in submitted]))
+            accepted = iter(accepted_jobs(conn, [r.job for r in submitted], ranked))
             return [
                 result
                 if isinstance(result, errors.TaskQueueError)

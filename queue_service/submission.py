@@ -190,8 +190,12 @@ def _row(spec: JobSpec, job_id: str, state: dict[str, Any], now: datetime) -> di
 
 
 def submit_jobs(
-    conn: sa.Connection, settings: Settings, specs: Sequence[JobSpec], now: datetime
-) -> list[Submitted | errors.TaskQueueError]:
+    conn: sa.Connection,
+    settings: Settings,
+    specs: Sequence[JobSpec],
+    now: datetime,
+    ahead_cap: int | None = None,
+) -> tuple[list[Submitted | errors.TaskQueueError], jobs_repo.RankedAhead | None]:
     """Store independent submissions in one transaction (the api's group commit): each
     gets its own answer (stored, the original of a repeat, or why it was refused). The
     caller admits once for all of them, after the commit (`admit_ready_jobs`).
@@ -202,6 +206,9 @@ def submit_jobs(
     Every spec must carry its job id already (`with_job_id`): ids are drawn outside any
     transaction that may be run again, so a retry after a lost commit answer finds the
     job it stored instead of storing it twice.
+
+    With `ahead_cap`, the walk that places the stored ready jobs in the queue comes back
+    too, taken in the insert's round trip (`jobs_repo.insert_new_jobs`), or None.
     """
     answers: list[Submitted | errors.TaskQueueError | None] = [None] * len(specs)
     policy = AdmissionPolicy.from_settings(settings)
@@ -219,7 +226,7 @@ def submit_jobs(
         except errors.TaskQueueError as error:  # refused before writing anything
             answers[index] = error
     # The rows and their submitted events, in one statement.
-    stored = jobs_repo.insert_new_jobs(conn, [row for _, row in plain])
+    stored, ranked = jobs_repo.insert_new_jobs(conn, [row for _, row in plain], ahead_cap)
     # A row is stored for the first spec carrying its id; a later one with the same id is
     # a repeat of it.
     created: dict[str, int] = {}
@@ -238,7 +245,7 @@ def submit_jobs(
             answers[index] = Submitted(original, created=False)
         except errors.TaskQueueError as error:
             answers[index] = error
-    return [answer for answer in answers if answer is not None]
+    return [answer for answer in answers if answer is not None], ranked
 
 
 def with_job_id(spec: JobSpec) -> JobSpec:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from api.schemas import POSITION_CAP
 from tests.support.product import Product
 
 SPEC_JOB_TYPES = {
@@ -165,6 +166,23 @@ def test_position_in_queue_counts_ready_jobs_ranked_ahead(product: Product) -> N
     # Then each normal one has the earlier ones ahead, and the critical one none
     assert [j["position_in_queue"] for j in normal] == [0, 1, 2]
     assert critical["position_in_queue"] == 0
+
+
+def test_position_in_queue_is_capped_behind_a_long_backlog(product: Product) -> None:
+    # Given a paused scheduler and more ready normal jobs than the cap
+    product.http.post("/scheduler/pause")
+    batch = product.http.post(
+        "/jobs/batch", json={"jobs": [{"priority": "normal"}] * (POSITION_CAP + 5)}
+    )
+    assert batch.status_code == 201, batch.text
+
+    # When one more normal job and a high one are submitted
+    late = product.submit({"priority": "normal"})
+    high = product.submit({"priority": "high"})
+
+    # Then the normal one reads "cap or more" and the high one has nobody ahead
+    assert late["position_in_queue"] == POSITION_CAP
+    assert high["position_in_queue"] == 0
 
 
 # --- GET /jobs/{id} ------------------------------------------------------------------------
