@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bulk_load import drop_jobs_indexes  # noqa: E402
-from bench.results_file import write_section  # noqa: E402
+from bench.results_file import report  # noqa: E402
 from queue_service.admission import AdmissionPolicy, decide_admission  # noqa: E402
 from queue_service.model import Priority  # noqa: E402
 from queue_service.repository import jobs as jobs_repo  # noqa: E402
@@ -405,11 +405,7 @@ def main() -> None:
     results = run_benchmark(sizes, args.pending, args.runs, args.keep)
     results["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     (RESULTS_DIR / "admission.json").write_text(json.dumps(results, indent=2, default=str))
-    print(json.dumps(results, indent=2, default=str))
-    section = markdown(results)
-    print(section)
-    if args.results_file:
-        write_section(args.results_file, SECTION, section)
+    report(results, SECTION, markdown(results), args.results_file)
 
 
 if __name__ == "__main__":

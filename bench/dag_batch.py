@@ -45,7 +45,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.results_file import write_section  # noqa: E402
+from bench.results_file import report  # noqa: E402
 from tests.support.product import Product, bearer, wait_until  # noqa: E402
 
 NAME = "taskq_dagbench"
@@ -420,11 +420,7 @@ def main() -> None:
     finally:
         if product is not None:
             product.stop()
-    print(json.dumps(results, indent=2))
-    section = markdown(results)
-    print(section)
-    if args.results_file:
-        write_section(args.results_file, SECTION, section)
+    report(results, SECTION, markdown(results), args.results_file)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Targets at half load: p50 <= 20 ms, p99 <= 100 ms. All traffic goes to 127.0.0.1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -42,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.compare_services import POOL_CPU_UNITS, POOL_MEMORY_MB  # noqa: E402
-from bench.results_file import write_section  # noqa: E402
+from bench.results_file import report  # noqa: E402
 from bench.scale_support import drop_services, fresh_services, latency_ms  # noqa: E402
 from tests.support.product import Product, wait_until  # noqa: E402
 
@@ -255,11 +254,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args)
     result["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(json.dumps(result, indent=1))
-    section = markdown(result)
-    print(section)
-    if args.results_file:
-        write_section(args.results_file, SECTION, section)
+    report(result, SECTION, markdown(result), args.results_file)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.compare_services import POOL_CPU_UNITS, POOL_MEMORY_MB  # noqa: E402
-from bench.results_file import write_section  # noqa: E402
+from bench.results_file import report  # noqa: E402
 from bench.scale_support import drop_services, fresh_services, tree_rss  # noqa: E402
 from tests.support.product import Product  # noqa: E402
 
@@ -236,11 +236,7 @@ def main() -> None:
     result = run(args)
     result["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     result["command"] = COMMAND.replace("100000", str(args.jobs))
-    print(json.dumps(result, indent=1))
-    section = markdown(result)
-    print(section)
-    if args.results_file:
-        write_section(args.results_file, SECTION, section)
+    report(result, SECTION, markdown(result), args.results_file)
 
 
 if __name__ == "__main__":

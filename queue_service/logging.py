@@ -98,22 +98,14 @@ class HandlerStreamLogger:
 
     def msg(self, line: str) -> None:
         handler = self._handler
-        with handler.lock or _NO_LOCK:
+        handler.acquire()
+        try:
             handler.stream.write(line + "\n")
             handler.stream.flush()
+        finally:
+            handler.release()
 
     debug = info = warning = error = critical = exception = log = msg
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
 
 
 def configure_logging(level: str = "INFO", *, process: str, stream: TextIO | None = None) -> None:

@@ -239,10 +239,7 @@ def submit_jobs(
             continue
         # Its id or key was taken (by an earlier job, or one earlier in this group).
         try:
-            original = _original(conn, specs[index])
-            if original is None:  # the conflicting row vanished: surface it as a conflict
-                raise errors.IdempotencyConflict("a job with this id or key is being changed")
-            answers[index] = Submitted(original, created=False)
+            answers[index] = _repeat(conn, specs[index])
         except errors.TaskQueueError as error:
             answers[index] = error
     return [answer for answer in answers if answer is not None], ranked
@@ -277,10 +274,7 @@ def submit_job(
     row = _row(spec, job_id, _initial_state(spec, dep_statuses, now, policy), now)
     job = jobs_repo.insert_job_if_new(conn, row)
     if job is None:
-        original = _original(conn, spec)
-        if original is None:  # the conflicting row vanished: surface it as a conflict
-            raise errors.IdempotencyConflict("a job with this id or key is being changed")
-        return Submitted(original, created=False), []
+        return _repeat(conn, spec), []
     jobs_repo.insert_dependencies(conn, [(job_id, d) for d in dict.fromkeys(spec.depends_on)])
     events_repo.record_submitted(conn, [job_id])
     admitted = (
@@ -292,6 +286,15 @@ def submit_job(
         job = jobs_repo.get_job(conn, job_id)
         assert job is not None
     return Submitted(job, created=True), admitted
+
+
+def _repeat(conn: sa.Connection, spec: JobSpec) -> Submitted:
+    """A spec whose id or key was taken at insert time: the original it repeats, or a
+    conflict (a different body, or the conflicting row vanished meanwhile)."""
+    original = _original(conn, spec)
+    if original is None:
+        raise errors.IdempotencyConflict("a job with this id or key is being changed")
+    return Submitted(original, created=False)
 
 
 def _original(conn: sa.Connection, spec: JobSpec) -> sa.Row[Any] | None:

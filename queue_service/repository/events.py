@@ -84,6 +84,18 @@ def record_events(conn: sa.Connection, events: Iterable[JobEvent]) -> None:
     )
 
 
+# The columns and values of a job's first event, made from its row (alias `j`): used here
+# and by the INSERT that stores jobs without dependencies (repository/jobs.py).
+SUBMITTED_EVENT_COLUMNS = (
+    "job_id, at, level, event, attempt, status, previous_status, message, data"
+)
+SUBMITTED_EVENT_VALUES = (
+    "j.id, j.created_at, 'info', 'job_' || j.status, 0, j.status, NULL, "
+    "'submitted as ' || j.status || coalesce(' (' || j.cancel_reason || ')', ''), "
+    "jsonb_build_object('priority', j.priority, 'type', j.type)"
+)
+
+
 def record_submitted(conn: sa.Connection, job_ids: Sequence[str]) -> None:
     """The first event of each just-stored job (`job_<status>`, "submitted as <status>"),
     made from its row by one statement, in the order given: a 10,000-job batch sends its
@@ -94,11 +106,8 @@ def record_submitted(conn: sa.Connection, job_ids: Sequence[str]) -> None:
         return
     conn.execute(
         sa.text(
-            "INSERT INTO job_events "
-            "(job_id, at, level, event, attempt, status, previous_status, message, data) "
-            "SELECT j.id, j.created_at, 'info', 'job_' || j.status, 0, j.status, NULL, "
-            "  'submitted as ' || j.status || coalesce(' (' || j.cancel_reason || ')', ''), "
-            "  jsonb_build_object('priority', j.priority, 'type', j.type) "
+            f"INSERT INTO job_events ({SUBMITTED_EVENT_COLUMNS}) "
+            f"SELECT {SUBMITTED_EVENT_VALUES} "
             "FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS u(id, n) "
             "JOIN jobs j ON j.id = u.id ORDER BY u.n"
         ),

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from queue_service.admission import Candidate
 from queue_service.db import driver_connection
 from queue_service.model import Priority
+from queue_service.repository.events import SUBMITTED_EVENT_COLUMNS, SUBMITTED_EVENT_VALUES
 from queue_service.tables import jobs, leases, metadata
 
 Row = sa.Row[Any]
@@ -88,9 +89,6 @@ _NEW_JOB_COLUMNS = (
     ("next_attempt_at", "timestamptz"),
     ("created_at", "timestamptz"),
 )
-_SUBMITTED_EVENT_COLUMNS = (
-    "job_id, at, level, event, attempt, status, previous_status, message, data"
-)
 # The jobs and their first events (as events.record_submitted writes them) in one
 # statement: the events are made from the rows the INSERT returns, in `seq` order.
 _INSERT_NEW_JOBS = (
@@ -107,11 +105,8 @@ _INSERT_NEW_JOBS = (
     + ", n) ORDER BY u.n "
     "ON CONFLICT DO NOTHING "
     "RETURNING id, seq, status, priority, type, created_at, rank, queued_at, cancel_reason), "
-    f"events AS (INSERT INTO job_events ({_SUBMITTED_EVENT_COLUMNS}) "
-    "SELECT s.id, s.created_at, 'info', 'job_' || s.status, 0, s.status, NULL, "
-    "  'submitted as ' || s.status || coalesce(' (' || s.cancel_reason || ')', ''), "
-    "  jsonb_build_object('priority', s.priority, 'type', s.type) "
-    "FROM stored s ORDER BY s.seq) "
+    f"events AS (INSERT INTO job_events ({SUBMITTED_EVENT_COLUMNS}) "
+    f"SELECT {SUBMITTED_EVENT_VALUES} FROM stored j ORDER BY j.seq) "
     "SELECT id, seq, status, priority, created_at, rank, queued_at FROM stored"
 )
 
@@ -140,7 +135,8 @@ def insert_new_jobs(
             value = row[name]
             params[name].append(json.dumps(value) if name == "payload" else value)
     ready_ranks = [row["rank"] for row in rows if row["status"] == "pending"]
-    bound = (max(ready_ranks), _LAST_SEQ) if ahead_cap is not None and ready_ranks else None
+    walk_cap = ahead_cap if ready_ranks else None
+    bound = (max(ready_ranks, default=0.0), _LAST_SEQ)
     ranked: RankedAhead | None = None
     with (
         driver_connection(conn, _INSERT_NEW_JOBS) as raw,
@@ -149,10 +145,10 @@ def insert_new_jobs(
         raw.cursor() as walk,
     ):
         cursor.execute(_INSERT_NEW_JOBS, params, prepare=True)
-        if bound is not None and ahead_cap is not None:
-            _send_ranked_ahead(walk, bound, ahead_cap)  # after the insert: it sees the rows
+        if walk_cap is not None:
+            _send_ranked_ahead(walk, bound, walk_cap)  # after the insert: it sees the rows
         stored: list[Any] = cursor.fetchall()
-        if bound is not None:
+        if walk_cap is not None:
             ranked = _read_ranked_ahead(walk, bound)
     return {r.id: r for r in stored}, ranked
 
