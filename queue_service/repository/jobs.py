@@ -494,17 +494,19 @@ def claim_attempts(
 
 
 def lock_running(conn: sa.Connection, attempts: Sequence[tuple[str, int]]) -> dict[str, Row]:
-    """The running rows of these (job, attempt) pairs, locked in id order."""
+    """The running rows of these (job, attempt) pairs, locked in id order.
+
+    Found by primary key alone and filtered here: with `status = 'running'` beside it the
+    planner may walk the status index, whose running range is mostly dead entries.
+    """
     if not attempts:
         return {}
     wanted = dict(attempts)
     rows = conn.execute(
-        sa.text(
-            "SELECT * FROM jobs WHERE id = ANY(:ids) AND status = 'running' ORDER BY id FOR UPDATE"
-        ),
+        sa.text("SELECT * FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
         {"ids": list(wanted)},
     ).all()
-    return {r.id: r for r in rows if r.attempts == wanted[r.id]}
+    return {r.id: r for r in rows if r.status == "running" and r.attempts == wanted[r.id]}
 
 
 @dataclass(frozen=True)
