@@ -28,11 +28,11 @@ import sqlalchemy as sa
 
 from api.schemas import POSITION_CAP, JobAccepted
 from queue_service import errors
-from queue_service.broker import TaskQueueBroker
 from queue_service.db import in_transaction, relaxed_commit
 from queue_service.logging import get_logger
 from queue_service.model import JobStatus
-from queue_service.publisher import publish_admitted
+from queue_service.rabbitmq.broker import TaskQueueBroker
+from queue_service.rabbitmq.publishing import publish_admitted
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings

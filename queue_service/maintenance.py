@@ -16,13 +16,9 @@ from queue_service import metrics, names
 from queue_service.db import in_transaction, relaxed_commit
 from queue_service.lifecycle import AttemptEnd, finish_attempts, promote_due_jobs
 from queue_service.logging import get_logger
-from queue_service.model import JobStatus, Priority
-from queue_service.publisher import (
-    Admitted,
-    dead_letter_body,
-    publish_admitted,
-    publish_dead_letter,
-)
+from queue_service.model import Admitted, JobStatus, Priority
+from queue_service.rabbitmq.messages import dead_letter_body
+from queue_service.rabbitmq.publishing import publish_admitted, publish_dead_letter
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import leases as leases_repo
 from queue_service.repository import workers as workers_repo

@@ -14,7 +14,7 @@ from api.schemas import DeadLetterPublic, DeadLettersPublic
 from queue_service import errors
 from queue_service.db import in_transaction
 from queue_service.lifecycle import replay_dead_letter
-from queue_service.publisher import publish_admitted
+from queue_service.rabbitmq.publishing import publish_admitted
 from queue_service.repository import dead_letters as dead_letters_repo
 
 DeadLetterId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a dead letter's id")]

@@ -33,8 +33,8 @@ from queue_service import errors, metrics
 from queue_service.db import in_transaction
 from queue_service.job_types import submission_defaults
 from queue_service.lifecycle import cancel_job
-from queue_service.model import JobStatus, Priority
-from queue_service.publisher import Admitted, publish_admitted
+from queue_service.model import Admitted, JobStatus, Priority
+from queue_service.rabbitmq.publishing import publish_admitted
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import explain_wait

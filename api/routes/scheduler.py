@@ -11,7 +11,7 @@ from api.deps import ADMIN, State
 from api.errors import AUTH_RESPONSES
 from api.schemas import SchedulerState
 from queue_service.db import in_transaction
-from queue_service.publisher import publish_admitted
+from queue_service.rabbitmq.publishing import publish_admitted
 from queue_service.repository import pool as pool_repo
 from queue_service.scheduling import admit_ready_jobs
 
