@@ -1,5 +1,8 @@
 """Publishing to RabbitMQ, always after the transaction that decided it committed.
 
+`commit_then_publish` is the one way state changes reach RabbitMQ: it runs the caller's
+work in a transaction and publishes what it admitted only once that committed (a message
+for an attempt that then rolled back would name an attempt that does not exist).
 `publish_admitted` sends admitted attempts (ids only); `publish_dead_letter` puts a dead
 letter straight on the dead-letter exchange; `AdmittedPublisher` is a worker process's
 publisher thread. Anything published can be published again: the worker's claim lets one
@@ -18,13 +21,16 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from typing import Protocol, TypeVar
 
 import dramatiq
 import pika
+import sqlalchemy as sa
 
 from queue_service import names
+from queue_service.db import in_transaction
 from queue_service.logging import get_logger
 from queue_service.model import Admitted, Priority
 from queue_service.rabbitmq.messages import job_message
@@ -126,3 +132,39 @@ class AdmittedPublisher:
                 publish_admitted(self._broker, batch)
             except Exception:  # never let the thread die; maintenance republishes
                 log.exception("publisher_failed", size=len(batch))
+
+
+class CarriesAdmitted(Protocol):
+    """A transaction's answer that carries what it admitted (lifecycle's consequences,
+    a worker flush's result, ...)."""
+
+    @property
+    def admitted(self) -> Sequence[Admitted]: ...
+
+
+Committed = TypeVar("Committed", bound="Sequence[Admitted] | CarriesAdmitted")
+# How the work is run: `db.in_transaction`, or `db.in_autocommit` for one statement.
+Runner = Callable[[sa.Engine, Callable[[sa.Connection], Committed]], Committed]
+
+
+def commit_then_publish(
+    engine: sa.Engine,
+    publisher: dramatiq.Broker | AdmittedPublisher,
+    work: Callable[[sa.Connection], Committed],
+    run: Runner[Committed] = in_transaction,
+) -> Committed:
+    """Run `work` in a transaction, commit, then publish what it admitted; return its answer.
+
+    `work` returns the admitted attempts, or an answer carrying them as `.admitted`. The
+    publish happens only after the commit: nothing is published for a transaction that
+    rolled back, and a crash between the two loses no job (maintenance republishes
+    admitted attempts no worker claimed). A worker's writer passes its publisher thread,
+    so its next flush does not wait for RabbitMQ; every other caller passes its broker.
+    """
+    result = run(engine, work)
+    admitted = result if isinstance(result, Sequence) else result.admitted
+    if isinstance(publisher, AdmittedPublisher):
+        publisher.publish(admitted)
+    else:
+        publish_admitted(publisher, admitted)
+    return result
