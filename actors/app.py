@@ -8,10 +8,10 @@ from periodiq import PeriodiqMiddleware
 
 from actors.runtime import Runtime, install_runtime
 from actors.writer import AttemptWriter
-from queue_service.broker import build_broker, process_name
 from queue_service.db import make_engine
 from queue_service.job_types import load_job_modules
 from queue_service.logging import configure_logging
+from queue_service.rabbitmq.broker import build_broker, process_name
 from queue_service.repository import pool as pool_repo
 from queue_service.settings import get_settings
 

@@ -9,8 +9,8 @@ from periodiq import cron
 
 from actors.runtime import get_runtime
 from queue_service import names
-from queue_service.dead_letter_queue import compact_dead_letter_queue
 from queue_service.maintenance import purge_finished_jobs, run_maintenance
+from queue_service.rabbitmq.dead_letters import compact_dead_letter_queue
 
 
 @dramatiq.actor(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from actors.writer import AttemptWriter
-from queue_service.broker import TaskQueueBroker
+from queue_service.rabbitmq.broker import TaskQueueBroker
 from queue_service.settings import Settings
 
 

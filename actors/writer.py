@@ -4,7 +4,7 @@ Every worker thread hands its claim ("may I run attempt N of job X?") and its at
 end to this writer. The writer thread takes whatever requests are waiting (at once when
 idle, so an idle worker adds no delay), applies them in one flush
 (`worker_batch.apply_flush`: one statement, in autocommit, when every end succeeded),
-hands what the returned tokens admitted to the publisher thread (actors/publishing.py),
+hands what the returned tokens admitted to the publisher thread (rabbitmq/publishing.py),
 and answers the requests of the flush. Under
 load a flush holds the requests that arrived during the previous one: per-job cost falls
 as load rises.
@@ -34,12 +34,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from actors.publishing import AdmittedPublisher
-from queue_service.broker import TaskQueueBroker
 from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
-from queue_service.publisher import dead_letter_body
+from queue_service.rabbitmq.broker import TaskQueueBroker
+from queue_service.rabbitmq.messages import dead_letter_body
+from queue_service.rabbitmq.publishing import AdmittedPublisher, commit_then_publish
 from queue_service.repository import leases as leases_repo
 from queue_service.repository.jobs import ClaimedAttempt
 from queue_service.retry_policy import AttemptResult, Outcome
@@ -257,7 +257,6 @@ class AttemptWriter:
             for request in batch:
                 self._fail(request, error)
             return
-        self._publisher.publish(result.admitted)
         log.debug(
             "writer_flush",
             size=len(batch),
@@ -296,7 +295,7 @@ class AttemptWriter:
                 conn, self._settings, self._worker, claims, ends, now, dead_letter_body
             )
 
-        # Claims and successes only: one statement, its own durable transaction.
-        if not ends.others:
-            return in_autocommit(self._engine, flush)
-        return in_transaction(self._engine, flush)
+        # Claims and successes only: one statement, its own durable transaction. What it
+        # admitted goes to the publisher thread once committed.
+        run = in_autocommit if not ends.others else in_transaction
+        return commit_then_publish(self._engine, self._publisher, flush, run)

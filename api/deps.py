@@ -20,7 +20,7 @@ from api.auth import ApiKey, KeyRing, Scope
 from api.group_commit import SubmissionGroups
 from api.stream import EventHub
 from queue_service import errors
-from queue_service.broker import TaskQueueBroker
+from queue_service.rabbitmq.broker import TaskQueueBroker
 from queue_service.settings import Settings
 
 

@@ -28,11 +28,11 @@ import sqlalchemy as sa
 
 from api.schemas import POSITION_CAP, JobAccepted
 from queue_service import errors
-from queue_service.broker import TaskQueueBroker
 from queue_service.db import in_transaction, relaxed_commit
 from queue_service.logging import get_logger
 from queue_service.model import JobStatus
-from queue_service.publisher import publish_admitted
+from queue_service.rabbitmq.broker import TaskQueueBroker
+from queue_service.rabbitmq.publishing import commit_then_publish
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings
@@ -187,7 +187,8 @@ def admit_after_commit(
     """Admit what was just committed, in a transaction of its own that neither waits for
     a busy pool row (SKIP LOCKED: the admitter holding it, the next worker batch or the
     ticker admits these jobs) nor holds it across a disk sync (admission is re-derived)."""
-    admitted = in_transaction(
-        engine, lambda conn: admit_ready_jobs(relaxed_commit(conn), settings, now, wait=False)
+    commit_then_publish(
+        engine,
+        broker,
+        lambda conn: admit_ready_jobs(relaxed_commit(conn), settings, now, wait=False),
     )
-    publish_admitted(broker, admitted)

@@ -16,10 +16,10 @@ from api.errors import install_error_handlers
 from api.group_commit import SubmissionGroups
 from api.routes import admin, dead_letters, health, jobs, metrics, scheduler, stats, stream, workers
 from api.stream import EventHub
-from queue_service.broker import build_broker, process_name
 from queue_service.db import make_engine
 from queue_service.job_types import load_job_modules
 from queue_service.logging import configure_logging, get_logger
+from queue_service.rabbitmq.broker import build_broker, process_name
 from queue_service.repository import pool as pool_repo
 from queue_service.settings import Settings, get_settings
 

@@ -18,8 +18,7 @@ import sqlalchemy as sa
 
 from queue_service import errors
 from queue_service.dependency_graph import revivable
-from queue_service.model import CANCELLABLE_STATUSES, JobStatus, RetryConfig
-from queue_service.publisher import Admitted
+from queue_service.model import CANCELLABLE_STATUSES, Admitted, JobStatus, RetryConfig
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo

@@ -6,7 +6,7 @@ safe; an advisory lock still keeps to one pass at a time to avoid wasted work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
@@ -16,13 +16,9 @@ from queue_service import metrics, names
 from queue_service.db import in_transaction, relaxed_commit
 from queue_service.lifecycle import AttemptEnd, finish_attempts, promote_due_jobs
 from queue_service.logging import get_logger
-from queue_service.model import JobStatus, Priority
-from queue_service.publisher import (
-    Admitted,
-    dead_letter_body,
-    publish_admitted,
-    publish_dead_letter,
-)
+from queue_service.model import Admitted, JobStatus, Priority
+from queue_service.rabbitmq.messages import dead_letter_body
+from queue_service.rabbitmq.publishing import commit_then_publish, publish_dead_letter
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import leases as leases_repo
 from queue_service.repository import workers as workers_repo
@@ -33,27 +29,25 @@ from queue_service.settings import Settings
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class MaintenanceReport:
+@dataclass
+class _Pass:
+    """The transaction of a maintenance pass: whether it took the lock, what it did."""
+
     ran: bool
     promoted: int = 0
-    admitted: int = 0
-    republished: int = 0
-    reclaimed: int = 0
+    admitted: list[Admitted] = field(default_factory=list)
 
 
-def run_maintenance(
-    engine: sa.Engine, settings: Settings, broker: dramatiq.Broker
-) -> MaintenanceReport:
+def run_maintenance(engine: sa.Engine, settings: Settings, broker: dramatiq.Broker) -> None:
     """One maintenance pass; skipped when another process is running one."""
     now = datetime.now(UTC)
 
-    def promote_admit_republish(conn: sa.Connection) -> tuple[int, list[Admitted]] | None:
+    def promote_admit_republish(conn: sa.Connection) -> _Pass:
         locked = conn.execute(
             sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": names.MAINTENANCE_LOCK_KEY}
         ).scalar_one()
         if not locked:
-            return None
+            return _Pass(ran=False)
         workers_repo.record_maintenance_pass(conn, now)
         promoted = promote_due_jobs(conn, settings, now)
         admitted = admit_ready_jobs(conn, settings, now)
@@ -61,19 +55,23 @@ def run_maintenance(
             conn, now, timedelta(seconds=settings.republish_after_seconds)
         )
         admitted += [Admitted(r.job_id, r.attempt, Priority(r.priority)) for r in stale]
-        return promoted, admitted
+        return _Pass(True, promoted, admitted)
 
     # Promotions, admissions and republish marks are re-derived if a crash loses them: the
     # commit need not wait for the disk while it holds the pool row.
-    first = in_transaction(engine, lambda conn: promote_admit_republish(relaxed_commit(conn)))
-    if first is None:
-        return MaintenanceReport(ran=False)
-    promoted, admitted = first
-    publish_admitted(broker, admitted)
+    first = commit_then_publish(
+        engine, broker, lambda conn: promote_admit_republish(relaxed_commit(conn))
+    )
+    if not first.ran:
+        return
     reclaimed = reclaim_expired_leases(engine, settings, broker, now)
-    if promoted or admitted or reclaimed:
-        log.info("maintenance_pass", promoted=promoted, admitted=len(admitted), reclaimed=reclaimed)
-    return MaintenanceReport(True, promoted, len(admitted), 0, reclaimed)
+    if first.promoted or first.admitted or reclaimed:
+        log.info(
+            "maintenance_pass",
+            promoted=first.promoted,
+            admitted=len(first.admitted),
+            reclaimed=reclaimed,
+        )
 
 
 def purge_finished_jobs(
@@ -111,13 +109,13 @@ def reclaim_expired_leases(
         AttemptEnd(lease.job_id, lease.attempt, AttemptResult.WORKER_LOST, error)
         for lease in expired
     ]
-    finished = in_transaction(
+    finished = commit_then_publish(
         engine,
+        broker,
         lambda conn: finish_attempts(conn, settings, ends, now, dead_letter_body),
     )
     for lease in expired:
         log.warning("lease_reclaimed", job_id=lease.job_id, attempt=lease.attempt)
-    publish_admitted(broker, finished.admitted)
     for (job_id, attempt), outcome in finished.outcomes.items():
         # The lease does not carry the job type: counted under type "unknown".
         metrics.attempt_outcome("unknown", outcome.status, outcome.dead_letter_reason, None)

@@ -78,6 +78,15 @@ class WaitingReason(StrEnum):
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """An attempt that holds its tokens and waits for a worker: what gets published."""
+
+    job_id: str
+    attempt: int
+    priority: Priority
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     max_attempts: int = 3
     backoff_multiplier: float = 2.0

@@ -16,8 +16,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from queue_service.admission import AdmissionPolicy, decide_admission
-from queue_service.model import JobStatus, Priority, WaitingReason
-from queue_service.publisher import Admitted
+from queue_service.model import Admitted, JobStatus, Priority, WaitingReason
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import pool as pool_repo
 from queue_service.repository.leases import Lease

@@ -22,8 +22,7 @@ from queue_service import errors
 from queue_service.admission import AdmissionPolicy, admission_rank
 from queue_service.dependency_graph import topological_order, validate_batch
 from queue_service.job_types import check_payload, get_job_type
-from queue_service.model import Priority, Resources, RetryConfig
-from queue_service.publisher import Admitted
+from queue_service.model import Admitted, Priority, Resources, RetryConfig
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import admit_ready_jobs

@@ -22,8 +22,7 @@ import sqlalchemy as sa
 
 from queue_service.db import execute_in_driver
 from queue_service.lifecycle import AttemptEnd, finish_attempts, storable
-from queue_service.model import JobStatus, Priority
-from queue_service.publisher import Admitted
+from queue_service.model import Admitted, JobStatus, Priority
 from queue_service.repository.jobs import ClaimedAttempt
 from queue_service.retry_policy import AttemptResult, Outcome
 from queue_service.settings import Settings

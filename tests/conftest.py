@@ -21,9 +21,9 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from queue_service import names
-from queue_service.broker import connection_parameters
 from queue_service.db import in_transaction
 from queue_service.job_types import load_job_modules
+from queue_service.rabbitmq.broker import connection_parameters
 from queue_service.settings import Settings
 from tests.support.product import ROOT, Product
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query, Response
 
 from api.deps import ADMIN, READ, State
 from api.errors import ERROR_RESPONSES
 from api.schemas import DeadLetterPublic, DeadLettersPublic
 from queue_service import errors
-from queue_service.db import in_transaction
 from queue_service.lifecycle import replay_dead_letter
-from queue_service.publisher import publish_admitted
+from queue_service.rabbitmq.publishing import commit_then_publish
 from queue_service.repository import dead_letters as dead_letters_repo
 
 DeadLetterId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a dead letter's id")]
@@ -76,11 +74,11 @@ def replay(dead_letter_id: DeadLetterId, state: State) -> DeadLetterPublic:
     """Run the job again with a fresh attempt budget; its dependents cancelled because it
     failed (`upstream_failed:<id>`) go back to `blocked`."""
 
-    def work(conn: sa.Connection) -> Any:
-        return replay_dead_letter(conn, state.settings, dead_letter_id, datetime.now(UTC))
-
-    consequences = in_transaction(state.engine, work)
-    publish_admitted(state.broker, consequences.admitted)
+    commit_then_publish(
+        state.engine,
+        state.broker,
+        lambda conn: replay_dead_letter(conn, state.settings, dead_letter_id, datetime.now(UTC)),
+    )
     return _public(_get(state, dead_letter_id))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import pika
 import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -12,8 +11,8 @@ from fastapi.responses import JSONResponse
 from api.deps import READ, State
 from api.errors import AUTH_RESPONSES, error_response
 from api.schemas import JobTypePublic, JobTypes, ResourceRequirements, RetryConfigIn
-from queue_service.broker import connection_parameters
 from queue_service.job_types import JobType, registered_job_types, submission_defaults
+from queue_service.rabbitmq.readiness import broker_status
 
 router = APIRouter(tags=["health"])
 
@@ -34,13 +33,7 @@ def readyz(state: State) -> JSONResponse:
         checks["postgresql"] = "ok"
     except Exception as error:
         checks["postgresql"] = f"unreachable: {type(error).__name__}"
-    try:
-        params = connection_parameters(state.settings.broker_url, "taskq-api readiness")
-        params.update(connection_attempts=1, socket_timeout=2, blocked_connection_timeout=2)
-        pika.BlockingConnection(pika.ConnectionParameters(**params)).close()
-        checks["rabbitmq"] = "ok"
-    except Exception as error:
-        checks["rabbitmq"] = f"unreachable: {type(error).__name__}"
+    checks["rabbitmq"] = broker_status(state.settings.broker_url)
     ready = all(v == "ok" for v in checks.values())
     if ready:
         return JSONResponse({"status": "ready", "checks": checks})

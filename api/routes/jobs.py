@@ -33,8 +33,8 @@ from queue_service import errors, metrics
 from queue_service.db import in_transaction
 from queue_service.job_types import submission_defaults
 from queue_service.lifecycle import cancel_job
-from queue_service.model import JobStatus, Priority
-from queue_service.publisher import Admitted, publish_admitted
+from queue_service.model import Admitted, JobStatus, Priority
+from queue_service.rabbitmq.publishing import commit_then_publish
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import explain_wait
@@ -63,10 +63,6 @@ def _check_payload_size(job: JobCreate, index: int | None = None) -> None:
             f"payload is {size} bytes{where}; the limit is {MAX_PAYLOAD_BYTES}",
             {"size": size, "limit": MAX_PAYLOAD_BYTES, "index": index},
         )
-
-
-def _publish(state: AppState, admitted: list[Admitted]) -> None:
-    publish_admitted(state.broker, admitted)
 
 
 @submissions.post(
@@ -268,11 +264,11 @@ def cancel(job_id: str, state: State, response: Response) -> JobPublic:
     200 always means the job is cancelled; a running attempt that finishes before it can
     be stopped answers 202 with the job's status as it ended (e.g. `completed`)."""
 
-    def work(conn: sa.Connection) -> list[Admitted]:
-        return cancel_job(conn, state.settings, job_id, _now()).admitted
-
-    admitted = in_transaction(state.engine, work)
-    _publish(state, admitted)
+    commit_then_publish(
+        state.engine,
+        state.broker,
+        lambda conn: cancel_job(conn, state.settings, job_id, _now()),
+    )
     with state.engine.connect() as conn:
         job = jobs_repo.get_job_detail(conn, job_id)
         assert job is not None

@@ -10,8 +10,8 @@ from fastapi import APIRouter
 from api.deps import ADMIN, State
 from api.errors import AUTH_RESPONSES
 from api.schemas import SchedulerState
-from queue_service.db import in_transaction
-from queue_service.publisher import publish_admitted
+from queue_service.model import Admitted
+from queue_service.rabbitmq.publishing import commit_then_publish
 from queue_service.repository import pool as pool_repo
 from queue_service.scheduling import admit_ready_jobs
 
@@ -29,9 +29,9 @@ def pause(state: State) -> SchedulerState:
 
 @router.post("/resume", response_model=SchedulerState)
 def resume(state: State) -> SchedulerState:
-    def work(conn: sa.Connection) -> list:  # type: ignore[type-arg]
+    def work(conn: sa.Connection) -> list[Admitted]:
         pool_repo.set_paused(conn, False)
         return admit_ready_jobs(conn, state.settings, datetime.now(UTC))
 
-    publish_admitted(state.broker, in_transaction(state.engine, work))
+    commit_then_publish(state.engine, state.broker, work)
     return SchedulerState(paused=False)

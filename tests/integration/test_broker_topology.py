@@ -14,9 +14,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pytest_rabbitmq.factories.executor import RabbitMqExecutor
 
 from queue_service import names
-from queue_service.broker import TaskQueueBroker, build_broker
-from queue_service.model import Priority
-from queue_service.publisher import Admitted, publish_admitted
+from queue_service.model import Admitted, Priority
+from queue_service.rabbitmq.broker import TaskQueueBroker, build_broker
+from queue_service.rabbitmq.publishing import publish_admitted
 from queue_service.settings import Settings
 
 

@@ -8,9 +8,9 @@ import pika
 import sqlalchemy as sa
 
 from queue_service import names
-from queue_service.broker import build_broker, connection_parameters
-from queue_service.dead_letter_queue import compact_dead_letter_queue
-from queue_service.publisher import publish_dead_letter
+from queue_service.rabbitmq.broker import build_broker, connection_parameters
+from queue_service.rabbitmq.dead_letters import compact_dead_letter_queue
+from queue_service.rabbitmq.publishing import publish_dead_letter
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_job

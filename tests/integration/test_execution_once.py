@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from queue_service import names
-from queue_service.broker import build_broker, connection_parameters
-from queue_service.model import Priority
-from queue_service.publisher import Admitted, publish_admitted
+from queue_service.model import Admitted, Priority
+from queue_service.rabbitmq.broker import build_broker, connection_parameters
+from queue_service.rabbitmq.publishing import publish_admitted
 from queue_service.settings import Settings
 from tests.support.product import Product, wait_until
 
