@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 load client for the api's submission rate (bench/compare.py's rate part).
+"""A lean HTTP/1.1 load client: the api's submission rate (bench/compare.py's rate part) and
+the read latencies of bench/large_table.py.
 
 httpx spends about 2.5 ms of client CPU per request (measured: 307 GET /healthz a second
 from one client process at 32 connections, the client at a full core), so on a 2-core
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 
 @dataclass
@@ -45,12 +46,21 @@ class Connection:
             self._writer.close()
         self._reader = self._writer = None
 
-    def prepare(self, method: str, path: str, body: Any) -> bytes:
+    def prepare(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """The request's bytes: `query` url-encoded onto `path`, `body` (if not None) as
+        JSON."""
+        target = f"{path}?{urlencode(query)}" if query else path
+        head = f"{method} {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self._head}"
+        if body is None:
+            return f"{head}\r\n".encode()
         payload = json.dumps(body, separators=(",", ":")).encode()
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self._head}"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        )
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         return head.encode() + payload
 
     async def send(self, request: bytes) -> tuple[int, bytes]:

@@ -14,7 +14,9 @@ Secondary indexes are built after the load (as bench/admission.py's loader does)
 VACUUM ANALYZE.
 
 Then the api runs as scripts/run.sh starts it (uvicorn, an API key in TASKQ_API_KEYS) and
-one httpx client at concurrency 1 measures, after a warm-up:
+one client at concurrency 1 measures, after a warm-up (bench/http_load.Connection: raw
+HTTP/1.1 on one keep-alive connection, tens of microseconds of client CPU a request where
+httpx spent milliseconds, which the /healthz floor row showed):
 - GET /jobs/{id} of random ids (a random sample of the table), and of random pending ids;
 - GET /jobs with each filter combination of FILTERS: the first page, and a cursor page
   (a keyset at a random row of the table, as a client paging deep gets).
@@ -30,6 +32,7 @@ Targets: GET /jobs/{id} p99 <= 5 ms, list page p99 <= 20 ms. `--keep` keeps the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import random
@@ -43,7 +46,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import sqlalchemy as sa
 
@@ -51,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bulk_load import drop_jobs_indexes  # noqa: E402
+from bench.http_load import Connection  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
 from bench.scale_support import (  # noqa: E402
     PG,
@@ -60,7 +63,7 @@ from bench.scale_support import (  # noqa: E402
     product_env,
 )
 from queue_service.repository import jobs as jobs_repo  # noqa: E402
-from tests.support.product import Product  # noqa: E402
+from tests.support.product import Product, bearer  # noqa: E402
 
 NAME = "taskq_scale_large"
 SECTION = "## Scale: 10 million jobs, GET /jobs/{id} and list pages over HTTP (issue 8)"
@@ -279,17 +282,18 @@ def cursor_for(created_at: datetime, job: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def timed_get(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> float:
-    """Seconds for one GET answered 200."""
+async def timed_get(client: Connection, path: str, params: dict[str, str] | None = None) -> float:
+    """Seconds for one GET answered 200 (the request's bytes are prepared before the clock)."""
+    request = client.prepare("GET", path, query=params)
     started = time.perf_counter()
-    response = client.get(path, params=params)
+    status, body = await client.send(request)
     elapsed = time.perf_counter() - started
-    if response.status_code != 200:
-        raise RuntimeError(f"GET {path} {params}: {response.status_code} {response.text[:300]}")
+    if status != 200:
+        raise RuntimeError(f"GET {path} {params}: {status} {body[:300]!r}")
     return elapsed
 
 
-def measure(client: httpx.Client, db: psycopg.Connection[Any], args: argparse.Namespace) -> Any:
+async def measure(client: Connection, db: psycopg.Connection[Any], args: argparse.Namespace) -> Any:
     rng = random.Random(args.seed + 1)
     sample = db.execute(
         "SELECT created_at, id FROM jobs TABLESAMPLE SYSTEM (0.2) REPEATABLE (8)"
@@ -298,16 +302,22 @@ def measure(client: httpx.Client, db: psycopg.Connection[Any], args: argparse.Na
     oldest, newest = db.execute("SELECT min(created_at), max(created_at) FROM jobs").fetchone()  # type: ignore[misc]
     middle = oldest + (newest - oldest) / 2
     for _ in range(args.warmup):
-        timed_get(client, f"/jobs/{rng.choice(sample)[1]}")
-        timed_get(client, "/jobs", {"cursor": cursor_for(*rng.choice(sample))})
+        await timed_get(client, f"/jobs/{rng.choice(sample)[1]}")
+        await timed_get(client, "/jobs", {"cursor": cursor_for(*rng.choice(sample))})
     results: dict[str, Any] = {
         # The HTTP floor of this machine at this moment: the same client loop, no database.
-        "healthz": latency_ms([timed_get(client, "/healthz") for _ in range(args.requests)]),
+        "healthz": latency_ms([await timed_get(client, "/healthz") for _ in range(args.requests)]),
         "get_random": latency_ms(
-            [timed_get(client, f"/jobs/{rng.choice(sample)[1]}") for _ in range(args.requests)]
+            [
+                await timed_get(client, f"/jobs/{rng.choice(sample)[1]}")
+                for _ in range(args.requests)
+            ]
         ),
         "get_pending": latency_ms(
-            [timed_get(client, f"/jobs/{rng.choice(pending)}") for _ in range(args.requests // 4)]
+            [
+                await timed_get(client, f"/jobs/{rng.choice(pending)}")
+                for _ in range(args.requests // 4)
+            ]
         ),
         "lists": [],
     }
@@ -318,14 +328,16 @@ def measure(client: httpx.Client, db: psycopg.Connection[Any], args: argparse.Na
         first: list[float] = []
         deadline = time.monotonic() + args.filter_seconds
         while len(first) < args.list_requests and (not first or time.monotonic() < deadline):
-            first.append(timed_get(client, "/jobs", params))
+            first.append(await timed_get(client, "/jobs", params))
         deep: list[float] = []
         deadline = time.monotonic() + args.filter_seconds
         while len(deep) < args.list_requests and (not deep or time.monotonic() < deadline):
             created, job = rng.choice(sample)
             if "window" in spec:  # a keyset inside the window, as paging it gives
                 created = middle + timedelta(seconds=rng.uniform(0, 86400))
-            deep.append(timed_get(client, "/jobs", {**params, "cursor": cursor_for(created, job)}))
+            deep.append(
+                await timed_get(client, "/jobs", {**params, "cursor": cursor_for(created, job)})
+            )
         row = {
             "filter": label(spec),
             "first_page": latency_ms(first),
@@ -339,7 +351,7 @@ def measure(client: httpx.Client, db: psycopg.Connection[Any], args: argparse.Na
     return results
 
 
-def profile(client: httpx.Client, pid: int, sample: list[Any], seconds: int, out: Path) -> None:
+async def profile(client: Connection, pid: int, sample: list[Any], seconds: int, out: Path) -> None:
     """py-spy flame graph of the api while the client alternates GET /jobs/{id} and a
     filtered list page."""
     spy = subprocess.Popen(
@@ -352,8 +364,8 @@ def profile(client: httpx.Client, pid: int, sample: list[Any], seconds: int, out
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and spy.poll() is None:
         created, job = rng.choice(sample)
-        timed_get(client, f"/jobs/{job}")
-        timed_get(client, "/jobs", {"status": "failed", "cursor": cursor_for(created, job)})
+        await timed_get(client, f"/jobs/{job}")
+        await timed_get(client, "/jobs", {"status": "failed", "cursor": cursor_for(created, job)})
     _, errors = spy.communicate(timeout=60)
     if spy.returncode != 0:
         print(f"py-spy failed: {errors.decode()[-500:]}", file=sys.stderr)
@@ -411,6 +423,21 @@ def explain_lists(url: str, middle: datetime, keyset: tuple[datetime, str]) -> l
     return plans
 
 
+async def measure_api(
+    client: Connection, db: psycopg.Connection[Any], args: argparse.Namespace, pid: int
+) -> dict[str, Any]:
+    """measure(), then the profile if asked for, on one keep-alive connection."""
+    try:
+        results = await measure(client, db, args)
+        sample = results.pop("sample")
+        if args.profile:
+            out = RESULTS_DIR / "large_table_api_profile.svg"
+            await profile(client, pid, sample, args.profile, out)
+        return dict(results)
+    finally:
+        client.close()
+
+
 # --- report -----------------------------------------------------------------------------
 
 _SCAN = re.compile(
@@ -433,7 +460,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Command: `{COMMAND}`. Measured {results['measured_at']} on the shared 2-core VM "
         f"(PostgreSQL 15, default settings; 1-minute load average {results['load'][0]:.1f} at "
         f"start, {results['load'][1]:.1f} at end). One api process (uvicorn as scripts/run.sh "
-        "starts it, with an API key), one httpx client, concurrency 1, keep-alive; "
+        "starts it, with an API key), one client (bench/http_load.Connection: raw HTTP/1.1 "
+        "over asyncio), concurrency 1, keep-alive; "
         f"{results['warmup']} warm-up requests of each kind first.",
         "",
         f"Table: {facts['jobs']:,} jobs ({facts['jobs_size']} with indexes) over "
@@ -505,6 +533,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="seconds of py-spy on the api (0: none)"
     )
+    parser.add_argument("--database", default=NAME, help="database and vhost name")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     parser.add_argument("--reuse", action="store_true", help="measure a kept database")
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
@@ -515,15 +544,15 @@ def main() -> None:
         "warmup": args.warmup,
         "load": [__import__("os").getloadavg()[0]],
     }
-    url = f"{PG}/{NAME}"
+    url = f"{PG}/{args.database}"
     product: Product | None = None
     try:
         if args.reuse:
-            env = product_env(NAME)
+            env = product_env(args.database)
             fill = RESULTS_DIR / "large_table_fill.json"  # the kept database's fill times
             results["fill_seconds"] = json.loads(fill.read_text()) if fill.exists() else {}
         else:
-            env = fresh_services(NAME)
+            env = fresh_services(args.database)
             print(f"filling {args.rows:,} rows ...", file=sys.stderr, flush=True)
             with psycopg.connect(url) as conn:
                 results["fill_seconds"] = load(conn, args)
@@ -534,11 +563,8 @@ def main() -> None:
             product = Product(env=env, log_dir=Path(tempfile.mkdtemp(prefix="scale-large-")))
             product.start_api()
             results["api_pid"] = product.processes[0].popen.pid
-            results.update(measure(product.http, db, args))
-            if args.profile:
-                out = RESULTS_DIR / "large_table_api_profile.svg"
-                profile(product.http, results["api_pid"], results.pop("sample"), args.profile, out)
-            results.pop("sample", None)
+            client = Connection(product.base_url, bearer(product.key("admin")))
+            results.update(asyncio.run(measure_api(client, db, args, results["api_pid"])))
         results["explain"] = explain_lists(
             env["TASKQ_DATABASE_URL"], results["middle"], tuple(results["sample_row"])
         )
@@ -546,7 +572,7 @@ def main() -> None:
         if product is not None:
             product.stop()
         if not args.keep:
-            drop_services(NAME)
+            drop_services(args.database)
     results["load"].append(__import__("os").getloadavg()[0])
     results["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -30,7 +31,7 @@ from api.schemas import (
     summary_fields,
 )
 from queue_service import errors, metrics
-from queue_service.db import in_transaction
+from queue_service.db import in_autocommit, in_transaction
 from queue_service.job_types import submission_defaults
 from queue_service.lifecycle import cancel_job
 from queue_service.model import Admitted, JobStatus, Priority
@@ -183,14 +184,25 @@ def _progress(latest: dict[str, Any] | None) -> JobProgress | None:
     )
 
 
+# Reads run in autocommit (`in_autocommit`): no BEGIN and no ROLLBACK, two round trips
+# fewer than a transaction per request. Their answers are serialized from the model they
+# build, without FastAPI validating it once more for `response_model`.
+_JOB_PUBLIC_JSON = JobPublic.__pydantic_serializer__.to_json
+_JOBS_PUBLIC_JSON = JobsPublic.__pydantic_serializer__.to_json
+
+
 @reads.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, state: State) -> JobPublic:
+def get_job(job_id: str, state: State) -> Response:
     """The job with its status, attempts, timestamps, graph edges and why it waits."""
-    with state.engine.connect() as conn:
+
+    def read(conn: sa.Connection) -> JobPublic:
         job = jobs_repo.get_job_detail(conn, job_id)
         if job is None:
             raise errors.JobNotFound(f"job {job_id!r} not found", {"job_id": job_id})
         return _job_public(conn, state, job)
+
+    job = in_autocommit(state.engine, read)
+    return Response(_JOB_PUBLIC_JSON(job), media_type="application/json")
 
 
 def _encode_cursor(created_at: datetime, job_id: str) -> str:
@@ -229,11 +241,12 @@ def list_jobs(
     cursor: Annotated[
         str | None, Query(max_length=1024, description="next_cursor of the previous page")
     ] = None,
-) -> JobsPublic:
+) -> Response:
     """Jobs newest first, filtered; pass `next_cursor` back as `cursor` for the next page."""
     after = _decode_cursor(cursor) if cursor else None
-    with state.engine.connect() as conn:
-        rows = jobs_repo.list_jobs(
+
+    def read(conn: sa.Connection) -> Sequence[Any]:
+        return jobs_repo.list_jobs(
             conn,
             status=status.value if status else None,
             type_=type,
@@ -243,13 +256,16 @@ def list_jobs(
             after=after,
             limit=limit + 1,
         )
+
+    rows = in_autocommit(state.engine, read)
     page = rows[:limit]
     next_cursor = (
         _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit and page else None
     )
-    return JobsPublic(
+    answer = JobsPublic(
         items=[JobSummary(**summary_fields(r)) for r in page], next_cursor=next_cursor
     )
+    return Response(_JOBS_PUBLIC_JSON(answer), media_type="application/json")
 
 
 @reads.patch(

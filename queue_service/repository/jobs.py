@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from queue_service.admission import Candidate
 from queue_service.db import driver_connection
@@ -27,6 +28,7 @@ from queue_service.repository.events import SUBMITTED_EVENT_COLUMNS, SUBMITTED_E
 from queue_service.tables import jobs, leases, metadata
 
 Row = sa.Row[Any]
+_PG_DIALECT = psycopg_dialect()
 
 # The admission rank of a job becoming pending at :now (admission.admission_rank, in SQL).
 _LEVEL = "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in Priority) + " END"
@@ -259,10 +261,21 @@ _JOB_DETAIL: sa.Select[Any] = _JOB_WITH_LEASE.add_columns(
 )
 
 
-def get_job_detail(conn: sa.Connection, job_id: str) -> Row | None:
+# Compiled once and run on the driver (GET /jobs/{id} is the hottest read): SQLAlchemy's
+# cache-key walk and result processing cost more than the statement's index lookups, and
+# psycopg prepares it on each connection after a few executions.
+_JOB_DETAIL_SQL = str(
+    _JOB_DETAIL.where(jobs.c.id == sa.bindparam("job_id")).compile(dialect=_PG_DIALECT)
+)
+
+
+def get_job_detail(conn: sa.Connection, job_id: str) -> Any | None:
     """The job's row with `dependencies` ([id, status] of each parent), `dependents` (ids)
-    and `progress` ({at, data} of the latest report, or None), in one statement."""
-    return conn.execute(_JOB_DETAIL.where(jobs.c.id == job_id)).first()
+    and `progress` ({at, data} of the latest report, or None), in one statement; a named
+    tuple with the columns of `jobs` as attributes, or None."""
+    with driver_connection(conn, _JOB_DETAIL_SQL) as driver:
+        cursor = driver.cursor(row_factory=namedtuple_row)
+        return cursor.execute(_JOB_DETAIL_SQL, {"job_id": job_id}).fetchone()
 
 
 def list_jobs(
