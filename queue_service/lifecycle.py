@@ -1,7 +1,8 @@
 """State changes after submission: finishing attempts, cancelling, replaying, promoting.
 
 Each function runs inside the caller's transaction and returns the attempts admitted
-as a consequence; the caller commits, then publishes them. Every token return goes
+as a consequence; the caller runs it through `rabbitmq.publishing.commit_then_publish`.
+Every status change is a move of `transitions`. Every token return goes
 through `admit_ready_jobs(released=...)`, the one statement that touches the pool row.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from queue_service import errors
+from queue_service import errors, transitions
 from queue_service.dependency_graph import revivable
 from queue_service.model import CANCELLABLE_STATUSES, Admitted, JobStatus, RetryConfig
 from queue_service.repository import dead_letters as dead_letters_repo
@@ -75,7 +76,7 @@ def _cascade_cancel(
     # Repeat until nothing is left: a submission adding a dependent to a descendant commits
     # while the statement waits on that descendant's row lock, so the statement's snapshot
     # misses the new edge; the next statement's snapshot has it.
-    while changes := jobs_repo.cancel_descendants(conn, root_id, reason, now):
+    while changes := transitions.cancel_descendants(conn, root_id, reason, now):
         events_repo.record_events(
             conn, _transition_events(changes, now, message=f"cancelled: {reason}")
         )
@@ -154,7 +155,7 @@ def finish_attempts(
     """
     finished = FinishedAttempts()
     running = jobs_repo.lock_running(conn, [(e.job_id, e.attempt) for e in ends])
-    rows: list[jobs_repo.RecordedOutcome] = []
+    rows: list[transitions.RecordedOutcome] = []
     events: list[events_repo.JobEvent] = list(other_events)
     completed: list[str] = []
     dead: list[tuple[str, str, AttemptEnd, Outcome]] = []
@@ -176,7 +177,7 @@ def finish_attempts(
         finished.outcomes[(end.job_id, end.attempt)] = outcome
         is_cancel = outcome.status is JobStatus.CANCELLED
         rows.append(
-            jobs_repo.RecordedOutcome(
+            transitions.RecordedOutcome(
                 job_id=end.job_id,
                 status=outcome.status.value,
                 next_attempt_at=outcome.next_attempt_at,
@@ -193,9 +194,9 @@ def finish_attempts(
             dead.append((end.job_id, job.type, end, outcome))
         elif is_cancel:
             cancelled.append(end.job_id)
-    jobs_repo.record_outcomes(conn, rows, now)
+    transitions.record_outcomes(conn, rows, now)
     # Dependents before the pool row: the pool is always the last lock taken.
-    ready = jobs_repo.unblock_dependents(conn, completed, now, settings.aging_seconds_per_level)
+    ready = transitions.unblock_dependents(conn, completed, now, settings.aging_seconds_per_level)
     events += _transition_events(ready, now, message="dependencies completed")
     events_repo.record_events(conn, events)
     releases: list[tuple[str, int | None]] = []
@@ -264,7 +265,7 @@ def cancel_job(conn: sa.Connection, settings: Settings, job_id: str, now: dateti
     if job is None or job.status not in CANCELLABLE_STATUSES:
         status = job.status if job is not None else "unknown"
         raise errors.NotCancellable(f"job {job_id!r} is {status} and cannot be cancelled")
-    change = jobs_repo.cancel_waiting_job(conn, job_id, "cancelled_by_request", now)
+    change = transitions.cancel_waiting_job(conn, job_id, "cancelled_by_request", now)
     if change is None:
         raise errors.NotCancellable(f"job {job_id!r} changed status; try again")
     events_repo.record_events(
@@ -284,13 +285,13 @@ def replay_dead_letter(
         raise errors.DeadLetterNotFound(f"dead letter {dead_letter_id} not found")
     if letter.resolved_at is not None:
         raise errors.NotReplayable(f"dead letter {dead_letter_id} was already {letter.resolution}")
-    change = jobs_repo.requeue_failed(conn, letter.job_id, now, settings.aging_seconds_per_level)
+    change = transitions.requeue_failed(conn, letter.job_id, now, settings.aging_seconds_per_level)
     if change is None:
         raise errors.NotReplayable(f"job {letter.job_id!r} is no longer failed")
     dead_letters_repo.resolve(conn, dead_letter_id, "replayed", now)
     # Dependents come back only when every dead ancestor is back in play.
     downstream = jobs_repo.cancelled_downstream(conn, letter.job_id)
-    restored = jobs_repo.restore_cancelled(conn, revivable(downstream, letter.job_id))
+    restored = transitions.restore_cancelled(conn, revivable(downstream, letter.job_id))
     events_repo.record_events(
         conn,
         _transition_events([change], now, message=f"replayed from dead letter {dead_letter_id}")
@@ -300,6 +301,6 @@ def replay_dead_letter(
 
 
 def promote_due_jobs(conn: sa.Connection, settings: Settings, now: datetime) -> int:
-    changes = jobs_repo.promote_due(conn, now, settings.aging_seconds_per_level, limit=1000)
+    changes = transitions.promote_due(conn, now, settings.aging_seconds_per_level, limit=1000)
     events_repo.record_events(conn, _transition_events(changes, now))
     return len(changes)

@@ -1,7 +1,7 @@
-"""jobs and job_dependencies: every state change is one guarded statement.
+"""jobs and job_dependencies: inserts, reads, locks and the non-status writes.
 
-A guarded UPDATE names the status it expects; no row back means another process moved
-the job first, and the caller treats that as "someone else did it".
+Status changes are not here: every one is a guarded statement of `queue_service.transitions`,
+checked against the allowed transitions.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ RANK_AT_NOW = f"extract(epoch FROM CAST(:now AS timestamptz)) - ({_LEVEL}) * :ag
 _NO_LEASE = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.job_id = j.id)"
 
 # Every transitive dependent of :root (walks ix_job_dependencies_depends_on).
-_DESCENDANTS_OF_ROOT = (
+DESCENDANTS_OF_ROOT = (
     "WITH RECURSIVE descendants(id) AS ("
     "  SELECT job_id FROM job_dependencies WHERE depends_on = :root "
     "  UNION SELECT d.job_id FROM job_dependencies d "
@@ -55,7 +55,7 @@ class StatusChange:
     status: str
 
 
-def _changes(rows: Sequence[Row]) -> list[StatusChange]:
+def status_changes(rows: Sequence[Row]) -> list[StatusChange]:
     return [StatusChange(r.id, r.attempts, r.previous_status, r.status) for r in rows]
 
 
@@ -451,61 +451,6 @@ class ClaimedAttempt:
     pending_since: datetime | None
 
 
-def claim_attempts(
-    conn: sa.Connection,
-    requests: Sequence[tuple[str, int]],
-    worker: str,
-    lease_ttl_seconds: float,
-    now: datetime,
-) -> list[ClaimedAttempt]:
-    """pending -> running for exactly these (job, attempt) pairs, each holding an unstarted
-    lease; returns the ones this call claimed (a redelivery, a double publish or a racing
-    worker finds no row). One statement for the whole batch: it starts the leases too.
-
-    The job row's guard (`status = 'pending' AND attempts = attempt - 1`) is re-checked
-    after a concurrent claim commits, so two workers racing for one attempt get one row.
-    """
-    if not requests:
-        return []
-    rows = conn.execute(
-        sa.text(
-            "WITH wanted AS (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])) "
-            "  AS w(job_id, attempt)), "
-            "claimed AS (UPDATE jobs j SET status = 'running', attempts = w.attempt, "
-            "  started_at = :now, queued_at = l.granted_at, rank = NULL, pending_since = NULL "
-            "  FROM wanted w JOIN leases l ON l.job_id = w.job_id AND l.attempt = w.attempt "
-            "    AND l.started_at IS NULL "
-            "  WHERE j.id = w.job_id AND j.status = 'pending' AND j.attempts = w.attempt - 1 "
-            "  RETURNING j.id, j.attempts, j.type, j.payload, j.timeout_seconds, j.priority, "
-            "    j.created_at, l.granted_at AS pending_since), "
-            "started AS (UPDATE leases l SET started_at = :now, worker = :worker, "
-            "  expires_at = :now + :ttl * interval '1 second' "
-            "  FROM claimed c WHERE l.job_id = c.id AND l.attempt = c.attempts) "
-            "SELECT * FROM claimed"
-        ),
-        {
-            "ids": [job_id for job_id, _ in requests],
-            "attempts": [attempt for _, attempt in requests],
-            "now": now,
-            "worker": worker,
-            "ttl": lease_ttl_seconds,
-        },
-    ).all()
-    return [
-        ClaimedAttempt(
-            job_id=r.id,
-            attempt=r.attempts,
-            type=r.type,
-            payload=r.payload,
-            timeout_seconds=r.timeout_seconds,
-            priority=r.priority,
-            created_at=r.created_at,
-            pending_since=r.pending_since,
-        )
-        for r in rows
-    ]
-
-
 def lock_running(conn: sa.Connection, attempts: Sequence[tuple[str, int]]) -> dict[str, Row]:
     """The running rows of these (job, attempt) pairs, locked in id order.
 
@@ -522,52 +467,6 @@ def lock_running(conn: sa.Connection, attempts: Sequence[tuple[str, int]]) -> di
     return {r.id: r for r in rows if r.status == "running" and r.attempts == wanted[r.id]}
 
 
-@dataclass(frozen=True)
-class RecordedOutcome:
-    """One row of `record_outcomes`: a running job's next state."""
-
-    job_id: str
-    status: str
-    next_attempt_at: datetime | None
-    last_error: str | None
-    cancel_reason: str | None
-    result_json: str | None  # already serialised (json.dumps, allow_nan=False)
-    extra_attempt: bool = False  # an interrupted attempt given back: max_attempts + 1
-
-
-def record_outcomes(
-    conn: sa.Connection, outcomes: Sequence[RecordedOutcome], now: datetime
-) -> None:
-    """running -> completed / retrying / failed / cancelled, one statement for the batch."""
-    if not outcomes:
-        return
-    conn.execute(
-        sa.text(
-            "UPDATE jobs j SET status = o.status, next_attempt_at = o.next_attempt_at, "
-            "  finished_at = CASE WHEN o.status IN ('completed', 'failed', 'cancelled') "
-            "    THEN CAST(:now AS timestamptz) END, "
-            "  last_error = coalesce(o.last_error, j.last_error), "
-            "  cancel_reason = o.cancel_reason, result = CAST(o.result AS jsonb), "
-            "  max_attempts = j.max_attempts + CASE WHEN o.extra THEN 1 ELSE 0 END "
-            "FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), "
-            "  CAST(:next AS timestamptz[]), CAST(:errors AS text[]), "
-            "  CAST(:reasons AS text[]), CAST(:results AS text[]), CAST(:extra AS boolean[])) "
-            "  AS o(id, status, next_attempt_at, last_error, cancel_reason, result, extra) "
-            "WHERE j.id = o.id AND j.status = 'running'"
-        ),
-        {
-            "now": now,
-            "ids": [o.job_id for o in outcomes],
-            "statuses": [o.status for o in outcomes],
-            "next": [o.next_attempt_at for o in outcomes],
-            "errors": [o.last_error for o in outcomes],
-            "reasons": [o.cancel_reason for o in outcomes],
-            "results": [o.result_json for o in outcomes],
-            "extra": [o.extra_attempt for o in outcomes],
-        },
-    )
-
-
 def is_cancel_requested(conn: sa.Connection, job_id: str) -> bool:
     row = conn.execute(
         sa.text("SELECT cancel_requested_at IS NOT NULL AS requested FROM jobs WHERE id = :id"),
@@ -579,68 +478,13 @@ def is_cancel_requested(conn: sa.Connection, job_id: str) -> bool:
 # --- dependencies ---------------------------------------------------------------------
 
 
-def unblock_dependents(
-    conn: sa.Connection, completed_ids: Sequence[str], now: datetime, aging: float
-) -> list[StatusChange]:
-    """Decrement the dependents of completed jobs; those reaching zero become ready.
-
-    A dependent of several of them loses one per completed parent. Rows are locked in id
-    order so two completions sharing dependents cannot deadlock; the row lock serialises
-    concurrent decrements, so none is lost and exactly one completion sees zero.
-    """
-    if not completed_ids:
-        return []
-    rows = conn.execute(
-        sa.text(
-            "WITH done AS (SELECT d.job_id, count(*) AS n FROM job_dependencies d "
-            "  WHERE d.depends_on = ANY(:ids) GROUP BY d.job_id), "
-            "targets AS (SELECT j.id, done.n FROM jobs j JOIN done ON done.job_id = j.id "
-            "  WHERE j.status = 'blocked' ORDER BY j.id FOR UPDATE OF j) "
-            "UPDATE jobs j SET remaining_deps = j.remaining_deps - t.n, "
-            "  status = CASE WHEN j.remaining_deps > t.n THEN 'blocked' "
-            "    WHEN j.run_at > :now THEN 'scheduled' ELSE 'pending' END, "
-            "  next_attempt_at = CASE WHEN j.remaining_deps = t.n AND j.run_at > :now "
-            "    THEN j.run_at END, "
-            "  pending_since = CASE WHEN j.remaining_deps = t.n "
-            "    AND NOT coalesce(j.run_at > :now, false) "
-            "    THEN CAST(:now AS timestamptz) END, "
-            f"  rank = CASE WHEN j.remaining_deps = t.n AND NOT coalesce(j.run_at > :now, false) "
-            f"    THEN {RANK_AT_NOW} END "
-            "FROM targets t WHERE j.id = t.id "
-            "RETURNING j.id, j.attempts, 'blocked' AS previous_status, j.status"
-        ),
-        {"ids": list(completed_ids), "now": now, "aging": aging},
-    ).all()
-    return [c for c in _changes(rows) if c.status != "blocked"]
-
-
-def cancel_descendants(
-    conn: sa.Connection, root_id: str, reason: str, now: datetime
-) -> list[StatusChange]:
-    """Cancel every unfinished transitive dependent of `root_id` with `reason`."""
-    rows = conn.execute(
-        sa.text(
-            f"{_DESCENDANTS_OF_ROOT}, "
-            "targets AS (SELECT j.id, j.status FROM jobs j JOIN descendants USING (id) "
-            "  WHERE j.status IN ('blocked', 'scheduled', 'pending', 'retrying') "
-            "  ORDER BY j.id FOR UPDATE OF j) "
-            "UPDATE jobs j SET status = 'cancelled', cancel_reason = :reason, finished_at = :now, "
-            "  next_attempt_at = NULL, rank = NULL, pending_since = NULL, queued_at = NULL "
-            "FROM targets WHERE j.id = targets.id "
-            "RETURNING j.id, j.attempts, targets.status AS previous_status, j.status"
-        ),
-        {"root": root_id, "reason": reason, "now": now},
-    ).all()
-    return _changes(rows)
-
-
 def cancelled_downstream(conn: sa.Connection, root_id: str) -> dict[str, dict[str, str]]:
     """The descendants of `root_id` cancelled by an upstream failure or cancel, locked, each
     with its parents' statuses (for `dependency_graph.revivable`)."""
     ids = (
         conn.execute(
             sa.text(
-                f"{_DESCENDANTS_OF_ROOT} "
+                f"{DESCENDANTS_OF_ROOT} "
                 "SELECT j.id FROM jobs j JOIN descendants USING (id) "
                 "WHERE j.status = 'cancelled' AND j.cancel_reason LIKE 'upstream\\_%' "
                 "ORDER BY j.id FOR UPDATE OF j"
@@ -665,23 +509,6 @@ def cancelled_downstream(conn: sa.Connection, root_id: str) -> dict[str, dict[st
     return parents
 
 
-def restore_cancelled(conn: sa.Connection, job_ids: Sequence[str]) -> list[StatusChange]:
-    """cancelled -> blocked for dependents whose ancestors are back in play (replay)."""
-    if not job_ids:
-        return []
-    rows = conn.execute(
-        sa.text(
-            "UPDATE jobs j SET status = 'blocked', cancel_reason = NULL, finished_at = NULL, "
-            "  remaining_deps = (SELECT count(*) FROM job_dependencies d JOIN jobs p "
-            "    ON p.id = d.depends_on WHERE d.job_id = j.id AND p.status <> 'completed') "
-            "WHERE j.id = ANY(:ids) AND j.status = 'cancelled' "
-            "RETURNING j.id, j.attempts, 'cancelled' AS previous_status, j.status"
-        ),
-        {"ids": list(job_ids)},
-    ).all()
-    return _changes(rows)
-
-
 def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int) -> int:
     """Delete up to `limit` jobs finished before `cutoff` (ix_jobs_finished), oldest first.
 
@@ -702,26 +529,7 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int) ->
     return int(result.rowcount)
 
 
-# --- cancellation, promotion, replay --------------------------------------------------
-
-
-def cancel_waiting_job(
-    conn: sa.Connection, job_id: str, reason: str, now: datetime
-) -> StatusChange | None:
-    """blocked/scheduled/pending/retrying -> cancelled, in one guarded statement."""
-    row = conn.execute(
-        sa.text(
-            "WITH target AS (SELECT id, status FROM jobs WHERE id = :id "
-            "  AND status IN ('blocked', 'scheduled', 'pending', 'retrying') FOR UPDATE) "
-            "UPDATE jobs j SET status = 'cancelled', cancel_reason = :reason, finished_at = :now, "
-            "  cancel_requested_at = :now, next_attempt_at = NULL, rank = NULL, "
-            "  pending_since = NULL, queued_at = NULL "
-            "FROM target WHERE j.id = target.id "
-            "RETURNING j.id, j.attempts, target.status AS previous_status, j.status"
-        ),
-        {"id": job_id, "reason": reason, "now": now},
-    ).first()
-    return None if row is None else _changes([row])[0]
+# --- cancellation requests ------------------------------------------------------------
 
 
 def request_cancel_running(conn: sa.Connection, job_id: str, now: datetime) -> bool:
@@ -733,37 +541,3 @@ def request_cancel_running(conn: sa.Connection, job_id: str, now: datetime) -> b
         {"id": job_id, "now": now},
     )
     return result.rowcount == 1
-
-
-def promote_due(conn: sa.Connection, now: datetime, aging: float, limit: int) -> list[StatusChange]:
-    """scheduled/retrying jobs whose time has come become ready (ix_jobs_due)."""
-    rows = conn.execute(
-        sa.text(
-            "WITH due AS (SELECT id, status FROM jobs "
-            "  WHERE status IN ('scheduled', 'retrying') AND next_attempt_at <= :now "
-            "  ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
-            "UPDATE jobs j SET status = 'pending', next_attempt_at = NULL, queued_at = NULL, "
-            f"  pending_since = :now, rank = {RANK_AT_NOW} "
-            "FROM due WHERE j.id = due.id "
-            "RETURNING j.id, j.attempts, due.status AS previous_status, j.status"
-        ),
-        {"now": now, "aging": aging, "limit": limit},
-    ).all()
-    return _changes(rows)
-
-
-def requeue_failed(
-    conn: sa.Connection, job_id: str, now: datetime, aging: float
-) -> StatusChange | None:
-    """failed -> pending with a fresh attempt budget (dead-letter replay)."""
-    row = conn.execute(
-        sa.text(
-            "UPDATE jobs SET status = 'pending', attempts = 0, finished_at = NULL, "
-            "  queued_at = NULL, next_attempt_at = NULL, cancel_requested_at = NULL, "
-            f"  pending_since = :now, rank = {RANK_AT_NOW} "
-            "WHERE id = :id AND status = 'failed' "
-            "RETURNING id, attempts, 'failed' AS previous_status, status"
-        ),
-        {"id": job_id, "now": now, "aging": aging},
-    ).first()
-    return None if row is None else _changes([row])[0]

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from queue_service import transitions
 from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd, FinishedAttempts, cancel_job, finish_attempts
 from queue_service.repository import jobs as jobs_repo
@@ -43,7 +44,7 @@ def _start(engine: sa.Engine, job_id: str) -> None:
     """What a worker's AttemptClaim does: pending (admitted) -> running, lease started."""
 
     def claim(conn: sa.Connection) -> None:
-        claimed = jobs_repo.claim_attempts(conn, [(job_id, 1)], "test-worker", 60, _now())
+        claimed = transitions.claim_attempts(conn, [(job_id, 1)], "test-worker", 60, _now())
         assert [c.job_id for c in claimed] == [job_id], f"{job_id} not claimed"
 
     in_transaction(engine, claim)

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from queue_service import transitions
 from queue_service.db import in_transaction
 from queue_service.lifecycle import AttemptEnd, finish_attempts, replay_dead_letter
 from queue_service.repository import jobs as jobs_repo
@@ -24,7 +25,7 @@ def _fail(engine: sa.Engine, settings: Settings, job_id: str) -> int:
     """Claim attempt 1 of an admitted job and fail it for good; returns its dead letter."""
 
     def work(conn: sa.Connection) -> None:
-        assert jobs_repo.claim_attempts(conn, [(job_id, 1)], "test-worker", 60, _now())
+        assert transitions.claim_attempts(conn, [(job_id, 1)], "test-worker", 60, _now())
         ends = [AttemptEnd(job_id, 1, AttemptResult.PERMANENT_ERROR, "boom")]
         finish_attempts(conn, settings, ends, _now(), lambda j, a: {"job_id": j})
 

@@ -34,11 +34,16 @@ def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
         finished = {"old_done": now - timedelta(days=40), "old_dead": now - timedelta(days=40)}
         finished["recent_done"] = now - timedelta(hours=1)
         for job_id, at in finished.items():
+            # pending -> running -> completed: PostgreSQL refuses a shortcut
             conn.execute(
                 sa.text(
-                    "UPDATE jobs SET status = 'completed', finished_at = :at, rank = NULL, "
-                    "pending_since = NULL WHERE id = :id"
+                    "UPDATE jobs SET status = 'running', attempts = 1, started_at = :at, "
+                    "rank = NULL, pending_since = NULL WHERE id = :id"
                 ),
+                {"at": at, "id": job_id},
+            )
+            conn.execute(
+                sa.text("UPDATE jobs SET status = 'completed', finished_at = :at WHERE id = :id"),
                 {"at": at, "id": job_id},
             )
         conn.execute(sa.text("DELETE FROM leases"))

@@ -9,10 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from queue_service import transitions
 from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd, finish_attempts
 from queue_service.model import JobStatus
-from queue_service.repository import jobs as jobs_repo
 from queue_service.retry_policy import AttemptResult
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch
@@ -79,7 +79,7 @@ def test_the_flush_function_leaves_what_the_python_path_leaves(
 
     # Copy 1, the Python path: claim P and Q, then P succeeds.
     def python_path(conn: sa.Connection) -> None:
-        jobs_repo.claim_attempts(conn, [("P1", 1), ("Q1", 1)], WORKER, 10, now)
+        transitions.claim_attempts(conn, [("P1", 1), ("Q1", 1)], WORKER, 10, now)
 
     in_transaction(engine, python_path)
     ends = [AttemptEnd("P1", 1, AttemptResult.SUCCEEDED, value={"n": 1})]

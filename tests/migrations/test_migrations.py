@@ -99,15 +99,17 @@ def test_upgrade_downgrade_upgrade(scratch: tuple[Config, sa.Engine]) -> None:
     # When it is upgraded to head
     command.upgrade(config, "head")
 
-    # Then every table, the event trigger and the single pool row exist, at head
+    # Then every table, the triggers and the single pool row exist, at head
     created = schema_objects(engine)
     assert created["tables"] == TABLES | {"alembic_version"}
     assert created["functions"] == {
         "taskq_notify_job_events",
         "taskq_admit",
         "taskq_worker_flush",
+        "taskq_transition_allowed",
+        "taskq_check_transition",
     }
-    assert created["triggers"] == {"job_events_notify"}
+    assert created["triggers"] == {"job_events_notify", "jobs_status_transition"}
     assert created["pool"] == 1
     assert current_revision(engine) == head_revision(config)
 
