@@ -8,7 +8,7 @@ rendered from its move, so the SQL cannot drift from the declared move. No row b
 another process moved the job first.
 
 PostgreSQL checks every status change as well, those of the PL/pgSQL worker flush and
-admission included: a trigger (migration 0007) refuses any pair outside the same table.
+admission included: a trigger (migration 0008) refuses any pair outside the same table.
 The initial status of a new job (blocked, scheduled or pending) is set by submission's
 INSERT, which is not a transition.
 """

@@ -1,4 +1,4 @@
-"""PostgreSQL refuses a status change outside the allowed transitions (migration 0007)."""
+"""PostgreSQL refuses a status change outside the allowed transitions (migration 0008)."""
 
 from __future__ import annotations
 

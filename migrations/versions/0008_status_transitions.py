@@ -12,16 +12,16 @@ The allowed set is written here as literals: a migration must not import applica
 code that changes later. tests/migrations checks it equals `model.ALLOWED_TRANSITIONS`
 (through `taskq_transition_allowed`, the function the trigger calls).
 
-Revision ID: 0007_status_transitions
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0007_status_transitions"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
