@@ -513,6 +513,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Lists over the 20 ms target: {', '.join(misses) if misses else 'none'}.",
         "",
+        "",  # a blank line before the next section
     ]
     return "\n".join(lines)
 

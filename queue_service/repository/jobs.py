@@ -278,6 +278,19 @@ def get_job_detail(conn: sa.Connection, job_id: str) -> Any | None:
         return cursor.execute(_JOB_DETAIL_SQL, {"job_id": job_id}).fetchone()
 
 
+# A list page's columns: no payload or result to decode, no lease to join (the summary
+# shows neither), so a page reads 51 index entries and their rows, nothing more.
+_JOB_SUMMARY: sa.Select[Any] = sa.select(
+    *(
+        jobs.c[name]
+        for name in (
+            "id", "type", "priority", "status", "attempts", "created_at", "started_at",
+            "finished_at", "cpu_units", "memory_mb", "cancel_reason", "last_error",
+        )
+    )
+)  # fmt: skip
+
+
 def list_jobs(
     conn: sa.Connection,
     *,
@@ -289,8 +302,9 @@ def list_jobs(
     after: tuple[datetime, str] | None,
     limit: int,
 ) -> Sequence[Row]:
-    """A page newest first; `after` is the (created_at, id) keyset of the previous page."""
-    query = _JOB_WITH_LEASE
+    """A page newest first; `after` is the (created_at, id) keyset of the previous page.
+    Rows carry the summary columns only (api.schemas.summary_fields)."""
+    query = _JOB_SUMMARY
     if status is not None:
         query = query.where(jobs.c.status == status)
     if type_ is not None:
