@@ -70,8 +70,17 @@ def parse_args() -> argparse.Namespace:
         default=services.OURS_DB,
         help="name of the run's database and vhost (and the prefix of the others')",
     )
+    parser.add_argument(
+        "--shapes",
+        default=",".join(str(p) for p in services.SHAPES),
+        help="worker processes per run, comma-separated (8 threads each)",
+    )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()
+    try:
+        services.SHAPES[:] = [int(p) for p in args.shapes.split(",") if p]
+    except ValueError:
+        parser.error(f"--shapes takes numbers of processes, not {args.shapes!r}")
     args.systems = [name for name in args.systems.split(",") if name]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:

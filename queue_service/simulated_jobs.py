@@ -32,7 +32,8 @@ def simulated(
             duration = float(payload["duration_seconds"])  # exact, not scaled
         else:
             duration = default_duration * ctx.duration_scale
-        await asyncio.sleep(duration)
+        if duration > 0:  # a no-op returns without a pass through the event loop
+            await asyncio.sleep(duration)
         return {"slept_seconds": duration}
 
     return handle

@@ -198,3 +198,31 @@ def test_constraints_and_partial_indexes_match_the_models(
         }
         assert migrated_checks == model_checks, table.name
         assert migrated_partial == model_partial, table.name
+
+
+def plan_cache_settings(engine: sa.Engine) -> dict[str, list[str] | None]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT proname, proconfig FROM pg_proc "
+                "WHERE proname IN ('taskq_worker_flush', 'taskq_admit')"
+            )
+        ).all()
+    return {name: config for name, config in rows}
+
+
+def test_hot_functions_plan_generically(scratch: tuple[Config, sa.Engine]) -> None:
+    """A CREATE OR REPLACE of either function in a later migration drops the setting
+    (migration 0009): this catches a migration that forgets to set it again."""
+    config, engine = scratch
+
+    # Given a database at head
+    command.upgrade(config, "head")
+
+    # Then the worker flush and admission plan their statements generically
+    expected = ["plan_cache_mode=force_generic_plan"]
+    assert plan_cache_settings(engine) == {"taskq_worker_flush": expected, "taskq_admit": expected}
+
+    # And one revision down, they plan as the server decides again
+    command.downgrade(config, "0008")
+    assert plan_cache_settings(engine) == {"taskq_worker_flush": None, "taskq_admit": None}
