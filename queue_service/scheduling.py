@@ -70,8 +70,10 @@ def explain_wait(conn: sa.Connection, settings: Settings, job: sa.Row, now: date
     pool = pool_repo.read_pool(conn)
     if pool.paused:
         return WaitingReason.PAUSED.value
-    candidates = jobs_repo.candidates_ahead(conn, job.rank, job.seq, settings.admission_window)
-    if not candidates or candidates[-1].job_id != job.id:
+    candidates = jobs_repo.candidates_ahead(
+        conn, job.id, job.rank, job.seq, settings.admission_window
+    )
+    if not candidates:
         # Further back than one admission step looks: it waits for the ones ahead.
         return (
             WaitingReason.INSUFFICIENT_CPU.value

@@ -140,3 +140,52 @@ def test_admission_candidates_are_the_best_ranked_in_order(filled: sa.Connection
     )
     assert [candidate.job_id for candidate, _ in candidates] == expected
     assert len(expected) == ADMISSION_WINDOW
+
+
+def ready_job_at(conn: sa.Connection, position: int) -> tuple[str, float, int]:
+    """(id, rank, seq) of the ready job at `position` (1-based) in admission order."""
+    row = conn.execute(
+        sa.text(
+            "SELECT id, rank, seq FROM jobs WHERE status = 'pending' "
+            "ORDER BY rank, seq OFFSET :skip LIMIT 1"
+        ),
+        {"skip": position - 1},
+    ).one()
+    return row.id, row.rank, row.seq
+
+
+@pytest.mark.parametrize("position", [1, 150, ADMISSION_WINDOW, 40_000])
+def test_jobs_ahead_of_a_waiting_job_are_an_index_walk_of_the_window(
+    filled: sa.Connection, position: int
+) -> None:
+    # Given a ready job at `position` among 50,000 (explaining its wait replays admission
+    # over the jobs ranked up to it)
+    conn = filled
+    job_id, rank, seq = ready_job_at(conn, position)
+
+    # When the jobs ahead of it are read
+    statement, parameters = captured_sql(
+        conn, lambda c: jobs_repo.candidates_ahead(c, job_id, rank, seq, ADMISSION_WINDOW)
+    )
+    plan = explain_analyze(conn, statement, parameters)
+
+    # Then, wherever the job stands, the read walks ix_jobs_admission from its start and
+    # stops at the window: no hash of the ready jobs, no sort of more than the window
+    nodes = list(plan_nodes(plan))
+    kinds = [node["Node Type"] for node in nodes]
+    assert "Seq Scan" not in kinds and "Hash" not in kinds, kinds
+    walks = [node for node in nodes if node.get("Index Name") == "ix_jobs_admission"]
+    assert len(walks) == 1 and walks[0]["Actual Rows"] <= ADMISSION_WINDOW
+    sorts = [node for node in nodes if node["Node Type"] == "Sort"]
+    assert all(node["Actual Rows"] <= ADMISSION_WINDOW for node in sorts), sorts
+
+    # And the answer is the window's jobs ranked up to it, in order, itself last, when it
+    # is within the window; nothing when it is further back
+    ahead = [
+        c.job_id for c in jobs_repo.candidates_ahead(conn, job_id, rank, seq, ADMISSION_WINDOW)
+    ]
+    window = [c.job_id for c, _ in jobs_repo.ready_candidates(conn, ADMISSION_WINDOW)]
+    if position <= ADMISSION_WINDOW:
+        assert ahead == window[:position] and ahead[-1] == job_id
+    else:
+        assert ahead == []
