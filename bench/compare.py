@@ -75,8 +75,15 @@ def parse_args() -> argparse.Namespace:
         default=",".join(str(p) for p in services.SHAPES),
         help="worker processes per run, comma-separated (8 threads each)",
     )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        help="messages each of our worker processes prefetches (default: threads, as "
+        "scripts/run.sh; TASKQ_WORKER_PREFETCH there)",
+    )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()
+    services.PREFETCH = args.prefetch
     try:
         services.SHAPES[:] = [int(p) for p in args.shapes.split(",") if p]
     except ValueError:

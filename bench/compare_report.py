@@ -104,8 +104,10 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
         f"{args.reps} repetitions (min-max), alternated in one run. Token pool "
         f"{services.POOL_CPU_UNITS:,} CPU units / {services.POOL_MEMORY_MB:,} MB, so that it is "
         "not the cap: the 16 threads run at most 16 jobs (1 unit / 128 MB each) while up to "
-        f"{services.POOL_CPU_UNITS:,} are admitted ({_pool_peak(report)}). Prefetch 8 per worker "
-        "process for Dramatiq and ours; Celery prefetch multiplier 1. † = at least one "
+        f"{services.POOL_CPU_UNITS:,} are admitted ({_pool_peak(report)}). Prefetch "
+        f"{services.THREADS} per worker process for Dramatiq, "
+        f"{services.PREFETCH or services.THREADS} for ours; Celery prefetch multiplier 1. "
+        "† = at least one "
         "repetition did not drain within its timeout (partial rate).",
         "",
         "| jobs/s | " + " | ".join(f"{p} x 8" for p in services.SHAPES) + " |",

@@ -41,6 +41,8 @@ POOL_CPU_UNITS = 64
 POOL_MEMORY_MB = 64 * 128
 THREADS = 8
 SHAPES = [1, 2]  # worker processes, THREADS threads each
+# Messages each of our worker processes prefetches; None: THREADS, as scripts/run.sh does.
+PREFETCH: int | None = None
 
 
 def use_prefix(prefix: str) -> None:
@@ -141,7 +143,7 @@ def start_ours(api_key: str, log_dir: Path, processes: int, workers: bool = True
     try:
         product.start_api()
         if workers:
-            product.start_worker(processes=processes, threads=THREADS)
+            product.start_worker(processes=processes, threads=THREADS, prefetch=PREFETCH)
             product.start_scheduler()
     except BaseException:
         product.stop()

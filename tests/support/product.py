@@ -186,7 +186,14 @@ class Product:
         wait_until(ready, 30, 0.1, f"the api to answer {probe} with 200")
         return process
 
-    def start_worker(self, processes: int = 1, threads: int = 8, name: str = "worker") -> Process:
+    def start_worker(
+        self,
+        processes: int = 1,
+        threads: int = 8,
+        name: str = "worker",
+        prefetch: int | None = None,
+    ) -> Process:
+        """Worker processes as scripts/run.sh starts them; prefetch defaults to `threads`."""
         index = sum(1 for p in self.processes if p.name.startswith(name))
         process = self._spawn(
             f"{name}-{index}",
@@ -200,7 +207,7 @@ class Product:
                 "--threads",
                 str(threads),
             ],
-            {"dramatiq_queue_prefetch": str(threads)},
+            {"dramatiq_queue_prefetch": str(prefetch or threads)},
         )
         # The worker is up once its log says so for every process.
         wait_until(
