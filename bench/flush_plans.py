@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/flush_plans.py [--jobs-per-flush 4 16] [--flushes 200] [--rounds 3]
 
-On a scratch database (migrated to head, dropped at the end) it admits a pool's worth of
+On a scratch database and vhost (migrated to head, dropped at the end) it admits a pool's worth of
 no-op jobs, then repeats, on one connection: claim K admitted attempts (one
 `taskq_worker_flush` call), then end those K (one call, which returns their tokens and
 admits the next K). It reports the median time of each call, with the functions as
@@ -13,9 +13,7 @@ alternating rounds, so both see the same machine. Everything on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,8 +21,10 @@ from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-PG = "postgresql://postgres@127.0.0.1:5432"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.scale_support import PG, drop_services, fresh_services
+
 DATABASE = "taskq_flush_plans"
 FUNCTIONS = (
     "taskq_worker_flush(timestamptz, text, float8, float8, int, float8, text[], int[], "
@@ -37,26 +37,6 @@ FLUSH = (
     " '{}'::text[], '{}'::int[])"
 )
 POOL = 64
-
-
-def create_database() -> None:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
-    env = {
-        **os.environ,
-        "TASKQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
-        "PYTHONPATH": str(ROOT),
-    }
-    alembic = Path(sys.executable).parent / "alembic"
-    subprocess.run(
-        [str(alembic), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True
-    )
-
-
-def drop_database() -> None:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
 
 
 def fill(conn: psycopg.Connection, jobs: int) -> list[str]:
@@ -132,7 +112,7 @@ def main() -> int:
     parser.add_argument("--flushes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    create_database()
+    fresh_services(DATABASE)  # a scratch database (and vhost), migrated to head
     try:
         results: dict[tuple[int, bool], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
@@ -142,7 +122,7 @@ def main() -> int:
                         run_round(generic, per_flush, args.flushes)
                     )
     finally:
-        drop_database()
+        drop_services(DATABASE)
     print(f"median of {args.rounds} rounds x {args.flushes} flushes, one connection:")
     print("| jobs per flush | plans | claim ms | end + admission ms | ms per job |")
     print("|---|---|---|---|---|")
