@@ -50,6 +50,10 @@ def setup(role: str) -> dramatiq.Broker:
     ]
     if role == "worker":
         stack += [MaintenanceTicker(), WorkerHeartbeat(), GracefulShutdown()]
+        if settings.claim_on_delivery:
+            from actors.middleware.attempt_claim import claim_on_delivery
+
+            broker.on_delivery = claim_on_delivery
     for middleware in stack:
         broker.add_middleware(middleware)
 

@@ -102,6 +102,15 @@ class AttemptWriter:
         result: ClaimedAttempt | None = self._submit(ClaimRequest(job_id, attempt, redelivered))
         return result
 
+    def claim_later(
+        self, job_id: str, attempt: int, redelivered: bool
+    ) -> Future[ClaimedAttempt | None]:
+        """`claim` without waiting: its answer, in a future (claim on delivery)."""
+        self._ensure_started()
+        answer: Future[ClaimedAttempt | None] = Future()
+        self._requests.put(_Request(ClaimRequest(job_id, attempt, redelivered), answer))
+        return answer
+
     def finish(self, end: AttemptEnd) -> Outcome | None:
         """Record an attempt's end; its outcome, or None when it was no longer running.
 

@@ -78,12 +78,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--prefetch",
         type=int,
-        help="messages each of our worker processes prefetches (default: threads, as "
-        "scripts/run.sh; TASKQ_WORKER_PREFETCH there)",
+        help="messages each worker process prefetches, ours and plain Dramatiq's (default: "
+        "threads, as scripts/run.sh; TASKQ_WORKER_PREFETCH there)",
+    )
+    parser.add_argument(
+        "--claim-on-delivery",
+        action="store_true",
+        help="our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY)",
     )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()
     services.PREFETCH = args.prefetch
+    services.CLAIM_ON_DELIVERY = args.claim_on_delivery
     try:
         services.SHAPES[:] = [int(p) for p in args.shapes.split(",") if p]
     except ValueError:

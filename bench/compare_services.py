@@ -41,8 +41,11 @@ POOL_CPU_UNITS = 64
 POOL_MEMORY_MB = 64 * 128
 THREADS = 8
 SHAPES = [1, 2]  # worker processes, THREADS threads each
-# Messages each of our worker processes prefetches; None: THREADS, as scripts/run.sh does.
+# Messages each worker process prefetches, ours and plain Dramatiq's alike; None: THREADS,
+# as scripts/run.sh does.
 PREFETCH: int | None = None
+# Our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY).
+CLAIM_ON_DELIVERY = False
 
 
 def use_prefix(prefix: str) -> None:
@@ -97,6 +100,7 @@ def ours_env(api_key: str) -> dict[str, str]:
         "TASKQ_POOL_CPU_UNITS": str(POOL_CPU_UNITS),
         "TASKQ_POOL_MEMORY_MB": str(POOL_MEMORY_MB),
         "TASKQ_API_KEYS": f"admin:{api_key}",
+        "TASKQ_CLAIM_ON_DELIVERY": "1" if CLAIM_ON_DELIVERY else "0",
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
     }
@@ -222,7 +226,7 @@ def start_dramatiq(processes: int, count_dir: Path, log_dir: Path) -> Baseline:
     env = {
         "BENCH_BROKER_URL": f"{AMQP}/{VHOSTS['dramatiq']}",
         "BENCH_COUNT_DIR": str(count_dir),
-        "dramatiq_queue_prefetch": str(THREADS),
+        "dramatiq_queue_prefetch": str(PREFETCH or THREADS),
     }
     argv = [str(BIN / "dramatiq"), "bench.noop_dramatiq", "--processes", str(processes)]
     process = _spawn("dramatiq", [*argv, "--threads", str(THREADS)], env, log_dir)

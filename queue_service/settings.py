@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     # Workers
     worker_processes: int = Field(default=2, ge=1)
     worker_threads: int = Field(default=8, ge=1)
+    # Claim each job message as it is delivered rather than when a thread takes it: with a
+    # prefetch above the threads (TASKQ_WORKER_PREFETCH), the claims of the buffered
+    # messages share flushes. An attempt so claimed is `running` from its delivery, though
+    # it may wait in the process for a thread; its time limit starts with its handler.
+    claim_on_delivery: bool = False
 
     # Resource token pool: the capacity shared by every worker on every machine.
     pool_cpu_units: int = Field(default=8, ge=1)

@@ -11,6 +11,7 @@ nothing reads the job again.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,25 @@ def job_attempt(message: MessageProxy | dramatiq.Message[Any]) -> tuple[str, int
     return str(job_id), int(attempt)
 
 
+def claim_on_delivery(message: MessageProxy) -> None:
+    """On the consumer thread, as a job message is delivered: hand its claim to the writer
+    without waiting; the thread that takes the message waits for the answer (usually in
+    already). Claims of messages delivered together share a flush."""
+    ids = job_attempt(message)
+    if ids is not None:
+        job_id, attempt = ids
+        # Delivered, the message is Dramatiq's RabbitMQ message itself (it carries
+        # `redelivered`); the worker thread later sees it through a proxy, which finds the
+        # claim set here.
+        redelivered = bool(getattr(message, "redelivered", False))
+        try:
+            claim = get_runtime().writer.claim_later(job_id, attempt, redelivered)
+        except Exception:  # never stop the consumer: the thread will claim it itself
+            log.exception("claim_on_delivery_failed", job_id=job_id, attempt=attempt)
+            return
+        setattr(message, "_taskq_claim", claim)  # noqa: B010  (an attribute of its own)
+
+
 class AttemptClaim(dramatiq.Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         _claimed.set(None)
@@ -55,7 +75,11 @@ class AttemptClaim(dramatiq.Middleware):
         job_id, attempt = ids
         runtime = get_runtime()
         try:
-            claimed = runtime.writer.claim(job_id, attempt, _redelivered(message))
+            ahead: Future[ClaimedAttempt | None] | None = getattr(message, "_taskq_claim", None)
+            if ahead is not None:
+                claimed = ahead.result()
+            else:
+                claimed = runtime.writer.claim(job_id, attempt, _redelivered(message))
         except Exception as error:
             # Dramatiq logs and swallows any other exception raised here and then runs the
             # actor unchecked. Skipping acknowledges the message; PostgreSQL still holds

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 import pika
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import xq_name
 
 from queue_service import names
@@ -33,6 +35,14 @@ class TaskQueueBroker(RabbitmqBroker):
             arguments["x-max-priority"] = self.max_priority
         return arguments
 
+    # Called on the consumer thread with each message as it is delivered (a worker's claim
+    # on delivery, settings.claim_on_delivery); None: nothing happens at delivery.
+    on_delivery: Callable[[MessageProxy], None] | None = None
+
+    @property
+    def consumer_class(self) -> Any:
+        return _Consumer if self.on_delivery is not None else _RabbitmqConsumer
+
     def _declare_xq_queue(self, queue_name: str) -> Any:
         channel = self.channel
         channel.exchange_declare(
@@ -41,6 +51,16 @@ class TaskQueueBroker(RabbitmqBroker):
         result = channel.queue_declare(queue=names.DEAD_LETTER_QUEUE, durable=True)
         channel.queue_bind(queue=names.DEAD_LETTER_QUEUE, exchange=names.DEAD_LETTER_EXCHANGE)
         return result
+
+
+class _Consumer(_RabbitmqConsumer):  # type: ignore[misc]  # Dramatiq's, untyped
+    """Dramatiq's RabbitMQ consumer, handing each delivered message to `on_delivery`."""
+
+    def __next__(self) -> MessageProxy | None:
+        message: MessageProxy | None = super().__next__()
+        if message is not None and self.broker.on_delivery is not None:
+            self.broker.on_delivery(message)
+        return message
 
 
 def process_name(role: str) -> str:

@@ -46,7 +46,10 @@ def _pending_job(engine: sa.Engine, settings: Settings, job_id: str) -> None:
 
 
 def test_the_admitted_attempt_is_published_after_its_commit(
-    clean_state: None, engine: sa.Engine, settings: Settings
+    shared_product_stopped: None,  # its maintenance would admit the job first
+    clean_state: None,
+    engine: sa.Engine,
+    settings: Settings,
 ) -> None:
     # Given a pending job nobody admitted yet
     _pending_job(engine, settings, "ctp_1")
@@ -63,7 +66,10 @@ def test_the_admitted_attempt_is_published_after_its_commit(
 
 
 def test_nothing_is_published_when_the_transaction_rolls_back(
-    clean_state: None, engine: sa.Engine, settings: Settings
+    shared_product_stopped: None,  # its maintenance would admit the job first
+    clean_state: None,
+    engine: sa.Engine,
+    settings: Settings,
 ) -> None:
     # Given a pending job
     _pending_job(engine, settings, "ctp_2")

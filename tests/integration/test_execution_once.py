@@ -113,14 +113,22 @@ def test_a_message_published_twice_runs_once(
     assert product.http.get("/stats").json()["tokens"]["cpu_units"]["used"] == 0
 
 
+@pytest.mark.parametrize(
+    "claim_on_delivery",
+    [
+        pytest.param(False, id="claimed-when-a-thread-takes-it"),
+        pytest.param(True, id="claimed-on-delivery-prefetch-above-threads"),
+    ],
+)
 def test_two_workers_racing_over_duplicates_run_each_attempt_once(
     start_product: StartProduct,
     broker: dramatiq.Broker,
     settings: Settings,
     engine: sa.Engine,
+    claim_on_delivery: bool,
 ) -> None:
     # Given admitted jobs waiting in RabbitMQ, half of which fail their first attempt
-    product = start_product(workers=0)
+    product = start_product(workers=0, TASKQ_CLAIM_ON_DELIVERY=str(int(claim_on_delivery)))
     jobs: dict[str, int] = {}  # job id -> attempts it needs
     for index in range(16):
         flaky = index % 2 == 1
@@ -135,8 +143,9 @@ def test_two_workers_racing_over_duplicates_run_each_attempt_once(
     for _ in range(8):
         assert publish_admitted(broker, copies) == len(copies)
 
-    # When two worker processes consume them all at once
-    product.start_worker(processes=2, threads=4)
+    # When two worker processes consume them all at once (claiming on delivery, each holds
+    # four times as many messages as it has threads)
+    product.start_worker(processes=2, threads=4, prefetch=16 if claim_on_delivery else None)
     settled = product.wait_all_terminal(list(jobs), timeout=60)
     wait_until(lambda: queue_depth(settings) == 0, 30, 0.2, "taskq.jobs to drain")
 
