@@ -16,7 +16,7 @@ Latency of each edge = child started_at - parent finished_at, both from GET /job
 Reports p50/p99/max for the idle baseline and at half load, and the background rate
 achieved. Bounded by `--timeout` seconds per phase.
 
-    .venv/bin/python bench/dependency_latency.py --results-file bench/results/scale.md
+    .venv/bin/python bench/dependency_latency.py --results-file evaluation_results.md
 
 Targets at half load: p50 <= 20 ms, p99 <= 100 ms. All traffic goes to 127.0.0.1.
 """
@@ -42,12 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare_services import POOL_CPU_UNITS, POOL_MEMORY_MB  # noqa: E402
 from bench.results_file import report  # noqa: E402
-from bench.scale_support import drop_services, fresh_services, latency_ms  # noqa: E402
+from bench.scale_support import command_line, drop_services, fresh_services, latency_ms  # noqa: E402
 from tests.support.product import Product, wait_until  # noqa: E402
 
 NAME = "taskq_scale_deps"
 SECTION = "## Scale: dependency latency at half load (issue 8)"
-COMMAND = ".venv/bin/python bench/dependency_latency.py --results-file bench/results/scale.md"
 NOOP = {"type": "noop", "payload": {"duration_seconds": 0}}
 
 
@@ -218,7 +217,7 @@ def markdown(r: dict[str, Any]) -> str:
         [
             SECTION,
             "",
-            f"Command: `{COMMAND}`. Measured {r['measured_at']} on the shared 2-core VM "
+            f"Command: `{command_line()}`. Measured {r['measured_at']} on the shared 2-core VM "
             f"(1-minute load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end): "
             "api, two workers of 1 process x 8 threads (scripts/run.sh's default), the "
             f"scheduler; token pool {r['pool_cpu_units']} CPU units so that tokens never "

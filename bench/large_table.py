@@ -23,7 +23,7 @@ httpx spent milliseconds, which the /healthz floor row showed):
 Each list query is also run under EXPLAIN (ANALYZE, BUFFERS) straight from the
 repository function (bench/results/large_table_explain.txt).
 
-    .venv/bin/python bench/large_table.py --results-file bench/results/scale.md
+    .venv/bin/python bench/large_table.py --results-file evaluation_results.md
 
 Targets: GET /jobs/{id} p99 <= 5 ms, list page p99 <= 20 ms. `--keep` keeps the database
 (and `--reuse` measures a kept one without filling again).
@@ -57,6 +57,7 @@ from bench.http_load import Connection  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
 from bench.scale_support import (  # noqa: E402
     PG,
+    command_line,
     drop_services,
     fresh_services,
     latency_ms,
@@ -67,7 +68,6 @@ from tests.support.product import Product, bearer  # noqa: E402
 
 NAME = "taskq_scale_large"
 SECTION = "## Scale: 10 million jobs, GET /jobs/{id} and list pages over HTTP (issue 8)"
-COMMAND = ".venv/bin/python bench/large_table.py --results-file bench/results/scale.md"
 RESULTS_DIR = ROOT / "bench" / "results"
 
 TYPES = {
@@ -457,7 +457,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        f"Command: `{COMMAND}`. Measured {results['measured_at']} on the shared 2-core VM "
+        f"Command: `{command_line()}`. Measured {results['measured_at']} on the shared 2-core VM "
         f"(PostgreSQL 15, default settings; 1-minute load average {results['load'][0]:.1f} at "
         f"start, {results['load'][1]:.1f} at end). One api process (uvicorn as scripts/run.sh "
         "starts it, with an API key), one client (bench/http_load.Connection: raw HTTP/1.1 "

@@ -5,6 +5,7 @@ memory. Everything on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -91,3 +92,9 @@ def tree_rss(pid: int) -> dict[int, int]:
         except psutil.NoSuchProcess:
             continue
     return rss
+
+
+def command_line() -> str:
+    """The command that is running, as a reader would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve().relative_to(ROOT)
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])

@@ -10,7 +10,7 @@ the samples of the 10 s before that point), the growth in %, the peak, and RSS a
 run. Bounded by `--timeout` seconds: if the jobs are not all done by then, the figures
 cover the jobs completed so far and say so.
 
-    .venv/bin/python bench/worker_memory.py --jobs 100000 --results-file bench/results/scale.md
+    .venv/bin/python bench/worker_memory.py --jobs 100000 --results-file evaluation_results.md
 
 Target: <= 10 % growth after warm-up. All traffic goes to 127.0.0.1.
 """
@@ -38,14 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare_services import POOL_CPU_UNITS, POOL_MEMORY_MB  # noqa: E402
 from bench.results_file import report  # noqa: E402
-from bench.scale_support import drop_services, fresh_services, tree_rss  # noqa: E402
+from bench.scale_support import command_line, drop_services, fresh_services, tree_rss  # noqa: E402
 from tests.support.product import Product  # noqa: E402
 
 NAME = "taskq_scale_worker"
 SECTION = "## Scale: worker memory over 100,000 jobs (issue 8)"
-COMMAND = (
-    ".venv/bin/python bench/worker_memory.py --jobs 100000 --results-file bench/results/scale.md"
-)
 MB = 1024 * 1024
 
 
@@ -235,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args)
     result["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    result["command"] = COMMAND.replace("100000", str(args.jobs))
+    result["command"] = command_line()
     report(result, SECTION, markdown(result), args.results_file)
 
 
