@@ -99,16 +99,15 @@ class AttemptWriter:
 
     def claim(self, job_id: str, attempt: int, redelivered: bool) -> ClaimedAttempt | None:
         """The claimed attempt, or None when it is not this worker's to run."""
-        result: ClaimedAttempt | None = self._submit(ClaimRequest(job_id, attempt, redelivered))
-        return result
+        return self.claim_later(job_id, attempt, redelivered).result()
 
     def claim_later(
         self, job_id: str, attempt: int, redelivered: bool
     ) -> Future[ClaimedAttempt | None]:
         """`claim` without waiting: its answer, in a future (claim on delivery)."""
-        self._ensure_started()
-        answer: Future[ClaimedAttempt | None] = Future()
-        self._requests.put(_Request(ClaimRequest(job_id, attempt, redelivered), answer))
+        answer: Future[ClaimedAttempt | None] = self._enqueue(
+            ClaimRequest(job_id, attempt, redelivered)
+        )
         return answer
 
     def finish(self, end: AttemptEnd) -> Outcome | None:
@@ -167,10 +166,13 @@ class AttemptWriter:
         return len(running)
 
     def _submit(self, item: ClaimRequest | AttemptEnd | None) -> Any:
+        return self._enqueue(item).result()
+
+    def _enqueue(self, item: ClaimRequest | AttemptEnd | None) -> Future[Any]:
         self._ensure_started()
         answer: Future[Any] = Future()
         self._requests.put(_Request(item, answer))
-        return answer.result()
+        return answer
 
     # --- the writer thread -----------------------------------------------------------
 

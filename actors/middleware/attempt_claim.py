@@ -54,12 +54,8 @@ def claim_on_delivery(message: MessageProxy) -> None:
     ids = job_attempt(message)
     if ids is not None:
         job_id, attempt = ids
-        # Delivered, the message is Dramatiq's RabbitMQ message itself (it carries
-        # `redelivered`); the worker thread later sees it through a proxy, which finds the
-        # claim set here.
-        redelivered = bool(getattr(message, "redelivered", False))
         try:
-            claim = get_runtime().writer.claim_later(job_id, attempt, redelivered)
+            claim = get_runtime().writer.claim_later(job_id, attempt, _redelivered(message))
         except Exception:  # never stop the consumer: the thread will claim it itself
             log.exception("claim_on_delivery_failed", job_id=job_id, attempt=attempt)
             return
@@ -114,6 +110,12 @@ class AttemptClaim(dramatiq.Middleware):
 
 
 def _redelivered(message: MessageProxy) -> bool:
+    """Delivered, the message is Dramatiq's RabbitMQ message itself, which carries
+    `redelivered`; a worker thread sees it through a proxy around it (which also finds the
+    claim `claim_on_delivery` set on it)."""
+    own = getattr(message, "redelivered", None)
+    if own is not None:
+        return bool(own)
     delivered = getattr(message, "_message", None)
     return bool(getattr(delivered, "redelivered", False))
 
