@@ -9,6 +9,7 @@ into message.fail(): RabbitMQ dead-letters the message through the named exchang
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import dramatiq
 import structlog
@@ -39,6 +40,8 @@ def run_job(job_id: str, attempt: int) -> None:
     claimed = claimed_attempt()
     with structlog.contextvars.bound_contextvars(job_id=job_id, attempt=attempt):
         started = time.monotonic()
+        # The job's started_at: a message claimed on delivery may have waited for a thread.
+        started_at = datetime.now(UTC)
         job_type = get_job_type(claimed.type)
         if job_type is None:
             report = AttemptReport(
@@ -70,7 +73,9 @@ def run_job(job_id: str, attempt: int) -> None:
             run_ms=round(run_seconds * 1000, 2),
         )
         complete(
-            AttemptEnd(job_id, attempt, report.result, report.error, report.value),
+            AttemptEnd(
+                job_id, attempt, report.result, report.error, report.value, started_at=started_at
+            ),
             claimed.type,
             run_seconds,
         )

@@ -5,9 +5,9 @@ end to this writer. The writer thread takes whatever requests are waiting (at on
 idle, so an idle worker adds no delay), applies them in one flush
 (`worker_batch.apply_flush`: one statement, in autocommit, when every end succeeded),
 hands what the returned tokens admitted to the publisher thread (rabbitmq/publishing.py),
-and answers the requests of the flush. Under
-load a flush holds the requests that arrived during the previous one: per-job cost falls
-as load rises.
+and answers the requests of the flush. Under load a flush holds the requests that arrived
+during the previous one, and lingers a few milliseconds for more (`writer_linger_ms`):
+per-job cost falls as load rises.
 
 A claim waits for its answer (the attempt runs only if the claim committed). A succeeded
 attempt does not: its thread goes on with the next message while the writer records the
@@ -50,6 +50,9 @@ log = get_logger(__name__)
 
 # How many requests one transaction takes at most: bounds the statement sizes.
 MAX_BATCH = 512
+# A flush this big does not wait for more (settings.writer_linger_ms): beyond it the cost
+# per job barely falls (bench/flush_plans.py).
+WRITER_ENOUGH = 16
 # A completion that cannot reach PostgreSQL is retried with this backoff (seconds).
 FINISH_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
@@ -197,15 +200,7 @@ class AttemptWriter:
                 stopping = True
             elif first is not None:
                 batch.append(first)
-            while not stopping and len(batch) < MAX_BATCH:
-                try:
-                    following = self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if following is _STOP:
-                    stopping = True  # stop after this batch
-                else:
-                    batch.append(following)
+                stopping = self._collect(batch)
             if not batch:
                 continue
             try:
@@ -214,6 +209,32 @@ class AttemptWriter:
                 log.exception("writer_flush_failed", size=len(batch))
                 for request in batch:
                     self._fail(request, error)
+
+    def _collect(self, batch: list[_Request]) -> bool:
+        """Add the waiting requests to `batch`; True when a stop request came among them.
+
+        Under load (more requests already waiting behind the first) it lingers up to
+        `writer_linger_ms` for more, until the batch holds WRITER_ENOUGH: fewer, larger
+        flushes. A request that finds the writer idle is flushed at once.
+        """
+        linger_until = 0.0
+        if not self._requests.empty():
+            linger_until = time.monotonic() + self._settings.writer_linger_ms / 1000
+        while len(batch) < MAX_BATCH:
+            try:
+                following = self._requests.get_nowait()
+            except queue.Empty:
+                remaining = linger_until - time.monotonic()
+                if len(batch) >= WRITER_ENOUGH or remaining <= 0:
+                    return False
+                try:
+                    following = self._requests.get(timeout=remaining)
+                except queue.Empty:
+                    return False
+            if following is _STOP:
+                return True  # stop after this batch
+            batch.append(following)
+        return False
 
     def _due_retries(self, now: float) -> list[_Request]:
         due = [request for at, request in self._retries if at <= now]

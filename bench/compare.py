@@ -79,12 +79,14 @@ def parse_args() -> argparse.Namespace:
         "--prefetch",
         type=int,
         help="messages each worker process prefetches, ours and plain Dramatiq's (default: "
-        "threads, as scripts/run.sh; TASKQ_WORKER_PREFETCH there)",
+        "twice the threads, as scripts/run.sh and Dramatiq; TASKQ_WORKER_PREFETCH there)",
     )
     parser.add_argument(
         "--claim-on-delivery",
-        action="store_true",
-        help="our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY, "
+        "the default); --no-claim-on-delivery: when a thread takes it",
     )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()

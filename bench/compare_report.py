@@ -105,9 +105,13 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
         f"{services.POOL_CPU_UNITS:,} CPU units / {services.POOL_MEMORY_MB:,} MB, so that it is "
         "not the cap: the 16 threads run at most 16 jobs (1 unit / 128 MB each) while up to "
         f"{services.POOL_CPU_UNITS:,} are admitted ({_pool_peak(report)}). Prefetch "
-        f"{services.PREFETCH or services.THREADS} per worker process for Dramatiq, "
-        f"{services.PREFETCH or services.THREADS} for ours"
-        + (", which claim each message as it is delivered" if services.CLAIM_ON_DELIVERY else "")
+        f"{services.prefetch()} per worker process for Dramatiq, "
+        f"{services.prefetch()} for ours"
+        + (
+            ", which claim each message as it is delivered"
+            if services.CLAIM_ON_DELIVERY
+            else ", which claim each message when a thread takes it"
+        )
         + "; Celery prefetch multiplier 1. "
         "† = at least one "
         "repetition did not drain within its timeout (partial rate).",

@@ -34,18 +34,23 @@ VHOSTS = {
 }
 # Sized so the token pool is never what limits throughput: 16 threads run at most 16
 # no-op jobs (1 CPU unit, 128 MB each) while up to 64 are admitted ahead of them (four per
-# thread: prefetch holds 8 per process). A pool holding far more only lengthens the
-# admitted backlog in RabbitMQ (leases not started within TASKQ_REPUBLISH_AFTER_SECONDS
-# are published again): a measure of the backlog, not of throughput.
+# thread: prefetch holds 16 per process, the rest wait in RabbitMQ). A pool holding far
+# more only lengthens the admitted backlog in RabbitMQ (leases not started within
+# TASKQ_REPUBLISH_AFTER_SECONDS are published again): a measure of the backlog, not of
+# throughput.
 POOL_CPU_UNITS = 64
 POOL_MEMORY_MB = 64 * 128
 THREADS = 8
 SHAPES = [1, 2]  # worker processes, THREADS threads each
-# Messages each worker process prefetches, ours and plain Dramatiq's alike; None: THREADS,
-# as scripts/run.sh does.
+# Messages each worker process prefetches, ours and plain Dramatiq's alike; None: twice
+# THREADS, as scripts/run.sh does (and Dramatiq by default).
 PREFETCH: int | None = None
-# Our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY).
-CLAIM_ON_DELIVERY = False
+# Our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY, the default).
+CLAIM_ON_DELIVERY = True
+
+
+def prefetch() -> int:
+    return PREFETCH or 2 * THREADS
 
 
 def use_prefix(prefix: str) -> None:
@@ -147,7 +152,7 @@ def start_ours(api_key: str, log_dir: Path, processes: int, workers: bool = True
     try:
         product.start_api()
         if workers:
-            product.start_worker(processes=processes, threads=THREADS, prefetch=PREFETCH)
+            product.start_worker(processes=processes, threads=THREADS, prefetch=prefetch())
             product.start_scheduler()
     except BaseException:
         product.stop()
@@ -226,7 +231,7 @@ def start_dramatiq(processes: int, count_dir: Path, log_dir: Path) -> Baseline:
     env = {
         "BENCH_BROKER_URL": f"{AMQP}/{VHOSTS['dramatiq']}",
         "BENCH_COUNT_DIR": str(count_dir),
-        "dramatiq_queue_prefetch": str(PREFETCH or THREADS),
+        "dramatiq_queue_prefetch": str(prefetch()),
     }
     argv = [str(BIN / "dramatiq"), "bench.noop_dramatiq", "--processes", str(processes)]
     process = _spawn("dramatiq", [*argv, "--threads", str(THREADS)], env, log_dir)

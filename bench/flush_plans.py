@@ -28,13 +28,13 @@ from bench.scale_support import PG, drop_services, fresh_services
 DATABASE = "taskq_flush_plans"
 FUNCTIONS = (
     "taskq_worker_flush(timestamptz, text, float8, float8, int, float8, text[], int[], "
-    "boolean[], text[], int[], text[], text[], int[])",
+    "boolean[], text[], int[], text[], timestamptz[], text[], int[])",
     "taskq_admit(timestamptz, int, float8, boolean, text[], int[], int[], int[])",
 )
 FLUSH = (
     "SELECT kind, job_id FROM taskq_worker_flush(%s::timestamptz, 'bench', 30, 60, 200, 300,"
     " %s::text[], %s::int[], %s::boolean[], %s::text[], %s::int[], %s::text[],"
-    " '{}'::text[], '{}'::int[])"
+    " '{}'::timestamptz[], '{}'::text[], '{}'::int[])"
 )
 POOL = 64
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,9 @@ class AttemptEnd:
     error: str | None = None
     value: Any = None
     traceback: str | None = None
+    # When the handler started (a claimed attempt may wait in its process for a thread):
+    # the job's started_at. None keeps the claim's time (an attempt given back, or lost).
+    started_at: datetime | None = None
 
 
 @dataclass
@@ -112,9 +115,7 @@ def storable(end: AttemptEnd) -> tuple[AttemptEnd, str | None]:
     A value it cannot store (NaN, infinities, NUL characters, not JSON at all) fails the
     attempt with a clear error instead of failing the whole batch's transaction.
     """
-    clean = AttemptEnd(
-        end.job_id, end.attempt, end.result, _text(end.error), end.value, _text(end.traceback)
-    )
+    clean = replace(end, error=_text(end.error), traceback=_text(end.traceback))
     if end.value is None:
         return clean, None
     try:
@@ -125,7 +126,10 @@ def storable(end: AttemptEnd) -> tuple[AttemptEnd, str | None]:
         if "\\u0000" not in serialised:
             return clean, serialised
         problem = "the result is not storable JSON: it contains a NUL character"
-    return AttemptEnd(end.job_id, end.attempt, AttemptResult.PERMANENT_ERROR, problem), None
+    failed = AttemptEnd(
+        end.job_id, end.attempt, AttemptResult.PERMANENT_ERROR, problem, started_at=end.started_at
+    )
+    return failed, None
 
 
 def _text(text: str | None) -> str | None:
@@ -185,6 +189,7 @@ def finish_attempts(
                 cancel_reason="cancelled_by_request" if is_cancel else None,
                 result_json=result_json,
                 extra_attempt=outcome.extra_attempt,
+                started_at=end.started_at,
             )
         )
         events.append(_outcome_event(end, outcome, now))

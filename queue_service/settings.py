@@ -35,10 +35,15 @@ class Settings(BaseSettings):
     worker_processes: int = Field(default=2, ge=1)
     worker_threads: int = Field(default=8, ge=1)
     # Claim each job message as it is delivered rather than when a thread takes it: with a
-    # prefetch above the threads (TASKQ_WORKER_PREFETCH), the claims of the buffered
-    # messages share flushes. An attempt so claimed is `running` from its delivery, though
-    # it may wait in the process for a thread; its time limit starts with its handler.
-    claim_on_delivery: bool = False
+    # prefetch above the threads (TASKQ_WORKER_PREFETCH, twice the threads by default), the
+    # claims of the buffered messages share flushes. `running` then means "claimed by a
+    # worker process": the attempt holds its tokens and runs on that process's next free
+    # thread; its time limit starts with its handler. False: claimed when a thread takes it.
+    claim_on_delivery: bool = True
+    # Under load (requests already waiting when a flush starts) the worker's writer waits up
+    # to this long for more requests, until it holds WRITER_ENOUGH: PostgreSQL's cost per job
+    # falls by half from 4 to 16 jobs a flush. Idle, a request is flushed at once.
+    writer_linger_ms: float = Field(default=3.0, ge=0, le=100)
 
     # Resource token pool: the capacity shared by every worker on every machine.
     pool_cpu_units: int = Field(default=8, ge=1)

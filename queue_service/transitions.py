@@ -161,6 +161,7 @@ class RecordedOutcome:
     cancel_reason: str | None
     result_json: str | None  # already serialised (json.dumps, allow_nan=False)
     extra_attempt: bool = False  # an interrupted attempt given back: max_attempts + 1
+    started_at: datetime | None = None  # the handler's start; None keeps the claim's time
 
 
 def record_outcomes(
@@ -178,11 +179,14 @@ def record_outcomes(
             "    THEN CAST(:now AS timestamptz) END, "
             "  last_error = coalesce(o.last_error, j.last_error), "
             "  cancel_reason = o.cancel_reason, result = CAST(o.result AS jsonb), "
-            "  max_attempts = j.max_attempts + CASE WHEN o.extra THEN 1 ELSE 0 END "
+            "  max_attempts = j.max_attempts + CASE WHEN o.extra THEN 1 ELSE 0 END, "
+            "  started_at = coalesce(o.started_at, j.started_at) "
             "FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), "
             "  CAST(:next AS timestamptz[]), CAST(:errors AS text[]), "
-            "  CAST(:reasons AS text[]), CAST(:results AS text[]), CAST(:extra AS boolean[])) "
-            "  AS o(id, status, next_attempt_at, last_error, cancel_reason, result, extra) "
+            "  CAST(:reasons AS text[]), CAST(:results AS text[]), CAST(:extra AS boolean[]), "
+            "  CAST(:started AS timestamptz[])) "
+            "  AS o(id, status, next_attempt_at, last_error, cancel_reason, result, extra, "
+            "       started_at) "
             f"WHERE j.id = o.id AND {FINISH.guard()}"
         ),
         {
@@ -194,6 +198,7 @@ def record_outcomes(
             "reasons": [o.cancel_reason for o in outcomes],
             "results": [o.result_json for o in outcomes],
             "extra": [o.extra_attempt for o in outcomes],
+            "started": [o.started_at for o in outcomes],
         },
     )
 

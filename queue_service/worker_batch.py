@@ -36,6 +36,7 @@ _FLUSH = (
     "  %(now)s::timestamptz, %(worker)s, %(ttl)s, %(aging)s, %(window)s, %(starvation)s, "
     "  %(claim_jobs)s::text[], %(claim_attempts)s::int[], %(claim_redelivered)s::boolean[], "
     "  %(done_jobs)s::text[], %(done_attempts)s::int[], %(done_results)s::text[], "
+    "  %(done_started)s::timestamptz[], "
     "  %(release_jobs)s::text[], %(release_attempts)s::int[])"
 )
 
@@ -110,6 +111,7 @@ def apply_flush(
             "done_jobs": [end.job_id for end, _ in succeeded],
             "done_attempts": [end.attempt for end, _ in succeeded],
             "done_results": [result_json for _, result_json in succeeded],
+            "done_started": [end.started_at for end, _ in succeeded],
             "release_jobs": [job_id for job_id, _ in releases],
             "release_attempts": [attempt for _, attempt in releases],
         },

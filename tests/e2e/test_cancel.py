@@ -148,7 +148,14 @@ def test_cancel_blocked_scheduled_and_pending_jobs(
     # Given no worker yet: a pending job admitted with its tokens, waiting for a worker
     product = start_product(workers=0)
     admitted = product.submit({"type": "noop", "resource_requirements": {"cpu_units": 2}})
-    assert product.job(admitted["job_id"])["queued_at"] is not None
+    # (a submission admits without waiting for the pool: when maintenance holds it, the
+    # ticker admits the job a moment later)
+    wait_until(
+        lambda: product.job(admitted["job_id"])["queued_at"] is not None,
+        10,
+        0.05,
+        "the first job to be admitted",
+    )
     assert tokens_used(product) == (2, 128)
     # and, the scheduler paused, a pending job without tokens, a blocked chain after it,
     # and a job scheduled an hour from now

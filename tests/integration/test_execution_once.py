@@ -116,7 +116,7 @@ def test_a_message_published_twice_runs_once(
 @pytest.mark.parametrize(
     "claim_on_delivery",
     [
-        pytest.param(False, id="claimed-when-a-thread-takes-it"),
+        pytest.param(False, id="claimed-when-a-thread-takes-it-prefetch-equal-to-threads"),
         pytest.param(True, id="claimed-on-delivery-prefetch-above-threads"),
     ],
 )
@@ -145,7 +145,7 @@ def test_two_workers_racing_over_duplicates_run_each_attempt_once(
 
     # When two worker processes consume them all at once (claiming on delivery, each holds
     # four times as many messages as it has threads)
-    product.start_worker(processes=2, threads=4, prefetch=16 if claim_on_delivery else None)
+    product.start_worker(processes=2, threads=4, prefetch=16 if claim_on_delivery else 4)
     settled = product.wait_all_terminal(list(jobs), timeout=60)
     wait_until(lambda: queue_depth(settings) == 0, 30, 0.2, "taskq.jobs to drain")
 

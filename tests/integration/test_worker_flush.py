@@ -4,7 +4,7 @@ scenario run through each, on two copies of one DAG, leaves the same rows and ev
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -74,8 +74,8 @@ def test_the_flush_function_leaves_what_the_python_path_leaves(
     clean_state: None, engine: sa.Engine, settings: Settings
 ) -> None:
     now = datetime.now(UTC)
-    for suffix in ("1", "2"):
-        in_transaction(engine, lambda conn, s=suffix: submit_batch(conn, settings, _dag(s), now))
+    in_transaction(engine, lambda conn: submit_batch(conn, settings, _dag("1"), now))
+    in_transaction(engine, lambda conn: submit_batch(conn, settings, _dag("2"), now))
 
     # Copy 1, the Python path: claim P and Q, then P succeeds.
     def python_path(conn: sa.Connection) -> None:
@@ -176,3 +176,50 @@ def test_failures_take_the_python_path_in_the_same_flush(
             sa.text("SELECT job_id FROM leases WHERE job_id IN ('P4', 'Q4')")
         ).all()
     assert leases == []  # both attempts' tokens are back
+
+
+def test_the_handler_start_reported_with_an_end_becomes_started_at(
+    clean_state: None, engine: sa.Engine, settings: Settings
+) -> None:
+    # Given three attempts claimed at `claimed_at` (on delivery: they may wait for a thread)
+    claimed_at = datetime.now(UTC)
+    ids = ["S04", "S14", "S24"]
+    specs = [JobSpec(job_id=job_id) for job_id in ids]
+    in_transaction(engine, lambda conn: submit_batch(conn, settings, specs, claimed_at))
+    claims = [ClaimRequest(job_id, 1) for job_id in ids]
+    claimed = in_autocommit(
+        engine,
+        lambda conn: apply_flush(conn, settings, WORKER, claims, split_ends([]), claimed_at, _body),
+    )
+    assert len(claimed.claimed) == 3
+
+    # When one succeeds (the flush function) and one fails for good (the Python path), each
+    # reporting when its handler started, and the third is given back without a start
+    handler_start = claimed_at + timedelta(seconds=5)
+    ends = split_ends(
+        [
+            AttemptEnd("S04", 1, AttemptResult.SUCCEEDED, started_at=handler_start),
+            AttemptEnd(
+                "S14",
+                1,
+                AttemptResult.PERMANENT_ERROR,
+                "boom",
+                started_at=handler_start + timedelta(seconds=1),
+            ),
+            AttemptEnd("S24", 1, AttemptResult.INTERRUPTED, "given back"),
+        ]
+    )
+    ended_at = claimed_at + timedelta(seconds=10)
+    in_transaction(
+        engine, lambda conn: apply_flush(conn, settings, WORKER, [], ends, ended_at, _body)
+    )
+
+    # Then started_at is when each handler started, and the claim's time where none came
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, started_at FROM jobs WHERE id LIKE 'S_4'"))
+        started: dict[str, datetime] = {job_id: at for job_id, at in rows}
+    assert started == {
+        "S04": handler_start,
+        "S14": handler_start + timedelta(seconds=1),
+        "S24": claimed_at,
+    }

@@ -193,7 +193,8 @@ class Product:
         name: str = "worker",
         prefetch: int | None = None,
     ) -> Process:
-        """Worker processes as scripts/run.sh starts them; prefetch defaults to `threads`."""
+        """Worker processes as scripts/run.sh starts them; prefetch defaults to twice the
+        threads, as there."""
         index = sum(1 for p in self.processes if p.name.startswith(name))
         process = self._spawn(
             f"{name}-{index}",
@@ -207,7 +208,7 @@ class Product:
                 "--threads",
                 str(threads),
             ],
-            {"dramatiq_queue_prefetch": str(prefetch or threads)},
+            {"dramatiq_queue_prefetch": str(prefetch or 2 * threads)},
         )
         # The worker is up once its log says so for every process.
         wait_until(
