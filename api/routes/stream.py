@@ -37,7 +37,7 @@ async def job_stream(
     await websocket.accept()
     if await _authenticate(websocket) is None:
         return
-    subscription = state.hub.subscribe(
+    subscription = await state.hub.subscribe(
         StreamFilter(job_ids=frozenset(job_id or ()), type=type, status=status)
     )
     tasks: set[asyncio.Task[None]] = set()

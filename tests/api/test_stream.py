@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import sqlalchemy as sa
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -168,3 +170,34 @@ def test_the_api_lets_go_of_subscribers_and_stops_promptly(start_product) -> Non
         raise AssertionError(f"the api did not stop:\n{api.log_tail()}") from error
     # (uvicorn re-raises the signal once it has shut down cleanly)
     assert code in (0, -signal.SIGTERM), api.log_tail()
+
+
+def test_an_event_committed_after_later_ones_still_reaches_the_stream(
+    product: Product, engine: sa.Engine
+) -> None:
+    # Given a subscriber to two jobs, and a transaction that wrote a progress event of the
+    # first one (its id taken) and has not committed
+    late, early = f"late_{uuid.uuid4().hex[:8]}", f"early_{uuid.uuid4().hex[:8]}"
+    product.submit({"job_id": late, "type": "noop"})
+    product.wait_all_terminal([late], timeout=30)
+    with subscribe(product, [("job_id", late), ("job_id", early)]) as ws, engine.connect() as held:
+        held.execute(
+            sa.text(
+                "INSERT INTO job_events (job_id, at, level, event, attempt, message, data) "
+                "VALUES (:job_id, now(), 'info', 'job_progress', 1, 'late', "
+                '  \'{"fraction": 0.5, "message": "late"}\')'
+            ),
+            {"job_id": late},
+        )
+        # When another job's events, with later ids, commit and are streamed first
+        product.submit({"job_id": early, "type": "noop"})
+        first = events_until(ws, lambda e: e["job_id"] == early and e["status"] == "completed")
+        # and only then the held transaction commits
+        held.commit()
+        then = events_until(ws, lambda e: e["job_id"] == late)
+
+    # Then the held event still reaches the subscriber, once, after the others
+    assert [e["job_id"] for e in first] == [early, early, early]
+    assert [(e["event"], e.get("progress")) for e in then] == [
+        ("job_progress", {"fraction": 0.5, "message": "late"})
+    ]
