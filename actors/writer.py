@@ -34,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from queue_service.db import in_autocommit, in_transaction
+from queue_service.db import HeldAutocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
 from queue_service.rabbitmq.broker import TaskQueueBroker
@@ -76,6 +76,8 @@ class AttemptWriter:
         self, engine: sa.Engine, settings: Settings, broker: TaskQueueBroker, worker: str
     ) -> None:
         self._engine = engine
+        # The flush's connection in the common case (one statement): held, not checked out.
+        self._connection = HeldAutocommit(engine)
         self._settings = settings
         self._publisher = AdmittedPublisher(broker)
         self._worker = worker
@@ -209,6 +211,7 @@ class AttemptWriter:
                 log.exception("writer_flush_failed", size=len(batch))
                 for request in batch:
                     self._fail(request, error)
+        self._connection.close()
 
     def _collect(self, batch: list[_Request]) -> bool:
         """Add the waiting requests to `batch`; True when a stop request came among them.
@@ -329,5 +332,5 @@ class AttemptWriter:
 
         # Claims and successes only: one statement, its own durable transaction. What it
         # admitted goes to the publisher thread once committed.
-        run = in_autocommit if not ends.others else in_transaction
+        run = self._connection.run if not ends.others else in_transaction
         return commit_then_publish(self._engine, self._publisher, flush, run)

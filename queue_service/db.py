@@ -47,6 +47,34 @@ def in_autocommit(engine: sa.Engine, work: Callable[[sa.Connection], T], attempt
     return _retried(connect, work, attempts)
 
 
+class HeldAutocommit:
+    """One connection held open in autocommit, for a thread that runs a one-statement
+    transaction many times a second (a worker's writer): no pool checkout, isolation
+    switch and reset per statement. A lost connection is replaced on the next call; one
+    thread at a time uses it."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._conn: sa.Connection | None = None
+
+    def run(self, engine: sa.Engine, work: Callable[[sa.Connection], T], attempts: int = 5) -> T:
+        """`in_autocommit` on the held connection (`engine` must be the one it holds)."""
+        assert engine is self._engine
+        return _retried(self._held, work, attempts)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def _held(self) -> Iterator[sa.Connection]:
+        if self._conn is None or self._conn.invalidated or self._conn.closed:
+            self.close()
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        yield self._conn
+
+
 def _retried(
     open_connection: Callable[[], AbstractContextManager[sa.Connection]],
     work: Callable[[sa.Connection], T],
