@@ -86,6 +86,9 @@ class AttemptWriter:
         self._retries: list[tuple[float, _Request]] = []
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # The process's worker threads (set at worker boot): when every one of them waits
+        # for a claim in the batch, no request can come to linger for.
+        self.threads: int | None = None
 
     def _ensure_started(self) -> None:
         if self._thread is not None:
@@ -217,18 +220,21 @@ class AttemptWriter:
         """Add the waiting requests to `batch`; True when a stop request came among them.
 
         Under load (more requests already waiting behind the first) it lingers up to
-        `writer_linger_ms` for more, until the batch holds WRITER_ENOUGH: fewer, larger
-        flushes. A request that finds the writer idle is flushed at once.
+        `writer_linger_ms` for more, until the batch holds WRITER_ENOUGH or a claim of every
+        worker thread: fewer, larger flushes. A request that finds the writer idle is
+        flushed at once.
         """
         linger_until = 0.0
         if not self._requests.empty():
             linger_until = time.monotonic() + self._settings.writer_linger_ms / 1000
+        claims = sum(1 for request in batch if isinstance(request.item, ClaimRequest))
         while len(batch) < MAX_BATCH:
             try:
                 following = self._requests.get_nowait()
             except queue.Empty:
                 remaining = linger_until - time.monotonic()
-                if len(batch) >= WRITER_ENOUGH or remaining <= 0:
+                every_thread_waits = self.threads is not None and claims >= self.threads
+                if len(batch) >= WRITER_ENOUGH or remaining <= 0 or every_thread_waits:
                     return False
                 try:
                     following = self._requests.get(timeout=remaining)
@@ -237,6 +243,7 @@ class AttemptWriter:
             if following is _STOP:
                 return True  # stop after this batch
             batch.append(following)
+            claims += isinstance(following.item, ClaimRequest)
         return False
 
     def _due_retries(self, now: float) -> list[_Request]:

@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     # elsewhere.
     claim_on_delivery: bool = False
     # Under load (requests already waiting when a flush starts) the worker's writer waits up
-    # to this long for more requests, until it holds WRITER_ENOUGH: PostgreSQL's cost per job
-    # falls by half from 4 to 16 jobs a flush. Idle, a request is flushed at once.
+    # to this long for more requests, until it holds WRITER_ENOUGH or a claim of every worker
+    # thread: PostgreSQL's cost per job falls by half from 4 to 16 jobs a flush. Idle, a
+    # request is flushed at once.
     writer_linger_ms: float = Field(default=3.0, ge=0, le=100)
 
     # Resource token pool: the capacity shared by every worker on every machine.

@@ -63,6 +63,10 @@ def claim_on_delivery(message: MessageProxy) -> None:
 
 
 class AttemptClaim(dramatiq.Middleware):
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # The writer stops lingering for a fuller flush once every thread waits on it.
+        get_runtime().writer.threads = worker.worker_threads
+
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         _claimed.set(None)
         ids = job_attempt(message)
