@@ -51,9 +51,10 @@ def setup(role: str) -> dramatiq.Broker:
     if role == "worker":
         stack += [MaintenanceTicker(), WorkerHeartbeat(), GracefulShutdown()]
         if settings.claim_on_delivery:
-            from actors.middleware.attempt_claim import claim_on_delivery
+            from actors.middleware.attempt_claim import claim_on_delivery, withdraw_on_requeue
 
             broker.on_delivery = claim_on_delivery
+            broker.on_requeue = withdraw_on_requeue
     for middleware in stack:
         broker.add_middleware(middleware)
 

@@ -83,8 +83,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--claim-on-delivery",
-        action="store_true",
-        help="our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY, "
+        "the default); --no-claim-on-delivery: when a thread takes it",
     )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()

@@ -45,8 +45,8 @@ SHAPES = [1, 2]  # worker processes, THREADS threads each
 # Messages each worker process prefetches, ours and plain Dramatiq's alike; None: twice
 # THREADS, as scripts/run.sh does (and Dramatiq by default).
 PREFETCH: int | None = None
-# Our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY).
-CLAIM_ON_DELIVERY = False
+# Our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY, the default).
+CLAIM_ON_DELIVERY = True
 
 
 def prefetch() -> int:

@@ -61,6 +61,25 @@ class FinishedAttempts:
     releases: list[tuple[str, int | None]] = field(default_factory=list)
 
 
+def withdraw_unstarted(
+    conn: sa.Connection,
+    settings: Settings,
+    claims: Sequence[tuple[str, int]],
+    worker: str,
+    now: datetime,
+) -> list[jobs_repo.StatusChange]:
+    """Give back attempts `worker` claimed and never started, as if never claimed (see
+    `transitions.withdraw_claims`), with their events."""
+    changes = transitions.withdraw_claims(conn, claims, worker, settings.aging_seconds_per_level)
+    events_repo.record_events(
+        conn,
+        _transition_events(
+            changes, now, message=f"claim withdrawn: {worker} shut down before the attempt started"
+        ),
+    )
+    return changes
+
+
 def _transition_events(
     changes: list[jobs_repo.StatusChange], at: datetime, **kw: Any
 ) -> list[events_repo.JobEvent]:

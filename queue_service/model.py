@@ -33,7 +33,13 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.SCHEDULED: frozenset({JobStatus.PENDING, JobStatus.CANCELLED}),
     JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.COMPLETED, JobStatus.RETRYING, JobStatus.FAILED, JobStatus.CANCELLED}
+        {
+            JobStatus.COMPLETED,
+            JobStatus.RETRYING,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.PENDING,  # a claim withdrawn before its handler started
+        }
     ),
     JobStatus.RETRYING: frozenset({JobStatus.PENDING, JobStatus.CANCELLED}),
     JobStatus.COMPLETED: frozenset(),

@@ -38,11 +38,10 @@ class Settings(BaseSettings):
     # prefetch above the threads (TASKQ_WORKER_PREFETCH, twice the threads by default), the
     # claims of the buffered messages share flushes. `running` then means "claimed by a
     # worker process": the attempt holds its tokens and runs on that process's next free
-    # thread (its started_at and time limit are its handler's). The price, why it is off by
-    # default: a graceful shutdown gives such an attempt back as interrupted (an attempt
-    # number spent, not counted) where a thread's claim would have left its message to run
-    # elsewhere.
-    claim_on_delivery: bool = False
+    # thread (its started_at and time limit are its handler's). A stopping worker withdraws
+    # the claims of the messages it hands back (running -> pending), so none is spent.
+    # False: claimed when a thread takes it.
+    claim_on_delivery: bool = True
     # Under load (requests already waiting when a flush starts) the worker's writer waits up
     # to this long for more requests, until it holds WRITER_ENOUGH or a claim of every worker
     # thread: PostgreSQL's cost per job falls by half from 4 to 16 jobs a flush. Idle, a

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from queue_service.model import CANCELLABLE_STATUSES, JobStatus, can_transition
 from queue_service.repository.jobs import (
     DESCENDANTS_OF_ROOT,
+    PRIORITY_LEVEL,
     RANK_AT_NOW,
     ClaimedAttempt,
     StatusChange,
@@ -90,9 +91,10 @@ PROMOTE = _move("promote", {S.SCHEDULED, S.RETRYING}, {S.PENDING})
 CANCEL = _move("cancel", CANCELLABLE_STATUSES, {S.CANCELLED})
 REPLAY = _move("replay", {S.FAILED}, {S.PENDING})
 REVIVE = _move("revive", {S.CANCELLED}, {S.BLOCKED})
+WITHDRAW = _move("withdraw_claim", {S.RUNNING}, {S.PENDING})
 
 # Every move the product makes; a test checks together they cover ALLOWED_TRANSITIONS.
-MOVES = (CLAIM, FINISH, UNBLOCK, PROMOTE, CANCEL, REPLAY, REVIVE)
+MOVES = (CLAIM, FINISH, UNBLOCK, PROMOTE, CANCEL, REPLAY, REVIVE, WITHDRAW)
 
 
 def claim_attempts(
@@ -237,6 +239,49 @@ def unblock_dependents(
         {"ids": list(completed_ids), "now": now, "aging": aging},
     ).all()
     return [c for c in status_changes(rows) if c.status != c.previous_status]
+
+
+def withdraw_claims(
+    conn: sa.Connection,
+    claims: Sequence[tuple[str, int]],
+    worker: str,
+    aging_seconds_per_level: float,
+) -> list[StatusChange]:
+    """running -> pending for attempts `worker` claimed and never started (a worker that
+    shuts down hands its prefetched messages back to RabbitMQ): the attempt number and the
+    unstarted lease come back, so the redelivered message's claim succeeds elsewhere. The
+    rank and ready time are the lease's grant (the job keeps its place: it is admitted)."""
+    if not claims:
+        return []
+    rows = conn.execute(
+        sa.text(
+            "WITH wanted AS (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])) "
+            "  AS w(job_id, attempt)), "
+            "targets AS (SELECT j.id, w.attempt, l.granted_at FROM jobs j "
+            "  JOIN wanted w ON w.job_id = j.id "
+            "  JOIN leases l ON l.job_id = j.id AND l.attempt = w.attempt "
+            "    AND l.worker = :worker AND l.started_at IS NOT NULL "
+            f"  WHERE {WITHDRAW.guard()} AND j.attempts = w.attempt "
+            "  ORDER BY j.id FOR UPDATE OF j), "
+            f"back AS (UPDATE jobs j SET status = {WITHDRAW.target()}, "
+            "  attempts = t.attempt - 1, started_at = NULL, queued_at = NULL, "
+            "  pending_since = t.granted_at, "
+            f"  rank = extract(epoch FROM t.granted_at) - ({PRIORITY_LEVEL}) * :aging "
+            "  FROM targets t WHERE j.id = t.id "
+            f"  RETURNING j.id, t.attempt AS attempts, {WITHDRAW.source()} AS previous_status, "
+            "    j.status), "
+            "unstarted AS (UPDATE leases l SET started_at = NULL, expires_at = NULL, "
+            "  worker = NULL FROM back b WHERE l.job_id = b.id AND l.attempt = b.attempts) "
+            "SELECT * FROM back"
+        ),
+        {
+            "ids": [job_id for job_id, _ in claims],
+            "attempts": [attempt for _, attempt in claims],
+            "worker": worker,
+            "aging": aging_seconds_per_level,
+        },
+    ).all()
+    return status_changes(rows)
 
 
 def cancel_descendants(

@@ -206,9 +206,9 @@ start api "$BIN/uvicorn" api.main:app --host "$TASKQ_API_HOST" --port "$TASKQ_AP
 for ((i = 1; i <= TASKQ_WORKER_PROCESSES; i++)); do
     # One supervised dramatiq master per worker process: one death takes no sibling down.
     # By default a process holds twice as many messages as threads (Dramatiq's own
-    # default): a finished thread finds its next message there. Set it to the threads for
-    # strict order among long jobs: a process then takes a message only when a thread is
-    # free.
+    # default) and claims each as it is delivered (TASKQ_CLAIM_ON_DELIVERY): a finished
+    # thread finds its next message claimed already. Set it to the threads for strict
+    # order among long jobs: a process then takes a message only when a thread is free.
     start "worker-$i" env dramatiq_queue_prefetch="$TASKQ_WORKER_PREFETCH" \
         "$BIN/python" -m actors.cli actors.worker --processes 1 --threads "$TASKQ_WORKER_THREADS"
 done

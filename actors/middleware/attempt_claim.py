@@ -21,7 +21,8 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from actors.runtime import get_runtime
-from queue_service import metrics, names
+from queue_service import lifecycle, metrics, names
+from queue_service.db import in_transaction
 from queue_service.logging import get_logger
 from queue_service.repository.jobs import ClaimedAttempt
 
@@ -60,6 +61,39 @@ def claim_on_delivery(message: MessageProxy) -> None:
             log.exception("claim_on_delivery_failed", job_id=job_id, attempt=attempt)
             return
         setattr(message, "_taskq_claim", claim)  # noqa: B010  (an attribute of its own)
+
+
+def withdraw_on_requeue(messages: list[MessageProxy]) -> None:
+    """A stopping worker hands `messages` back to RabbitMQ (Dramatiq's shutdown, after its
+    threads stopped): withdraw the claims made on their delivery, whose handlers never
+    started, so another worker's claim of each redelivered message succeeds and no attempt
+    is spent. What cannot be withdrawn (PostgreSQL away) is given back as interrupted at
+    the end of the shutdown, as any attempt still running."""
+    claims: list[tuple[str, int]] = []
+    for message in messages:
+        ahead: Future[ClaimedAttempt | None] | None = getattr(message, "_taskq_claim", None)
+        if ahead is None:
+            continue
+        try:
+            claimed = ahead.result(timeout=10)
+        except Exception:  # the claim failed: nothing to withdraw
+            continue
+        if claimed is not None:
+            claims.append((claimed.job_id, claimed.attempt))
+    if not claims:
+        return
+    runtime = get_runtime()
+    try:
+        withdrawn = in_transaction(
+            runtime.engine,
+            lambda conn: lifecycle.withdraw_unstarted(
+                conn, runtime.settings, claims, runtime.worker_name, datetime.now(UTC)
+            ),
+        )
+    except Exception as error:
+        log.warning("claims_not_withdrawn", count=len(claims), error=type(error).__name__)
+        return
+    log.info("claims_withdrawn", count=len(withdrawn), of=len(claims))
 
 
 class AttemptClaim(dramatiq.Middleware):

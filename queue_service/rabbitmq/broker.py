@@ -38,6 +38,9 @@ class TaskQueueBroker(RabbitmqBroker):
     # Called on the consumer thread with each message as it is delivered (a worker's claim
     # on delivery, settings.claim_on_delivery); None: nothing happens at delivery.
     on_delivery: Callable[[MessageProxy], None] | None = None
+    # Called with the messages a stopping worker hands back to RabbitMQ, before it does
+    # (claims made on delivery are withdrawn); None: nothing happens first.
+    on_requeue: Callable[[list[MessageProxy]], None] | None = None
 
     @property
     def consumer_class(self) -> Any:
@@ -54,13 +57,20 @@ class TaskQueueBroker(RabbitmqBroker):
 
 
 class _Consumer(_RabbitmqConsumer):  # type: ignore[misc]  # Dramatiq's, untyped
-    """Dramatiq's RabbitMQ consumer, handing each delivered message to `on_delivery`."""
+    """Dramatiq's RabbitMQ consumer, handing each delivered message to `on_delivery`, and
+    the messages a stopping worker gives back to `on_requeue` before they go."""
 
     def __next__(self) -> MessageProxy | None:
         message: MessageProxy | None = super().__next__()
         if message is not None and self.broker.on_delivery is not None:
             self.broker.on_delivery(message)
         return message
+
+    def requeue(self, messages: Any) -> None:
+        messages = list(messages)
+        if self.broker.on_requeue is not None:
+            self.broker.on_requeue(messages)
+        super().requeue(messages)
 
 
 def process_name(role: str) -> str:

@@ -31,8 +31,10 @@ Row = sa.Row[Any]
 _PG_DIALECT = psycopg_dialect()
 
 # The admission rank of a job becoming pending at :now (admission.admission_rank, in SQL).
-_LEVEL = "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in Priority) + " END"
-RANK_AT_NOW = f"extract(epoch FROM CAST(:now AS timestamptz)) - ({_LEVEL}) * :aging"
+PRIORITY_LEVEL = (
+    "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in Priority) + " END"
+)
+RANK_AT_NOW = f"extract(epoch FROM CAST(:now AS timestamptz)) - ({PRIORITY_LEVEL}) * :aging"
 
 
 # A ready job not yet admitted: admission's lease is the only mark of an admitted job.

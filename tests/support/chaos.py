@@ -416,10 +416,18 @@ def check_invariants(
                 {"p": f"{prefix}%"},
             ).all()
         )
+        # runs of an attempt: its claims, less the claims withdrawn before the handler
+        # started (running -> pending, a stopping worker's prefetched messages)
         twice = conn.execute(
             sa.text(
-                "SELECT job_id, attempt, count(*) FROM job_events WHERE event = 'job_running' "
-                "AND job_id LIKE :p GROUP BY job_id, attempt HAVING count(*) > 1"
+                "SELECT job_id, attempt, count(*) FILTER (WHERE event = 'job_running') "
+                "  - count(*) FILTER (WHERE event = 'job_pending' "
+                "    AND previous_status = 'running') AS runs "
+                "FROM job_events WHERE event IN ('job_running', 'job_pending') "
+                "AND job_id LIKE :p GROUP BY job_id, attempt "
+                "HAVING count(*) FILTER (WHERE event = 'job_running') "
+                "  - count(*) FILTER (WHERE event = 'job_pending' "
+                "    AND previous_status = 'running') > 1"
             ),
             {"p": f"{prefix}%"},
         ).all()
