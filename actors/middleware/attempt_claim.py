@@ -11,6 +11,7 @@ nothing reads the job again.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -27,6 +28,9 @@ from queue_service.logging import get_logger
 from queue_service.repository.jobs import ClaimedAttempt
 
 log = get_logger(__name__)
+
+# How long a stopping worker waits, in all, for the answers of claims still in flight.
+WITHDRAW_WAIT_SECONDS = 10.0
 
 # The attempt this worker thread claimed for the message it is processing.
 _claimed: ContextVar[ClaimedAttempt | None] = ContextVar("taskq_claimed_attempt", default=None)
@@ -70,13 +74,14 @@ def withdraw_on_requeue(messages: list[MessageProxy]) -> None:
     is spent. What cannot be withdrawn (PostgreSQL away) is given back as interrupted at
     the end of the shutdown, as any attempt still running."""
     claims: list[tuple[str, int]] = []
+    deadline = time.monotonic() + WITHDRAW_WAIT_SECONDS  # for all the claims' answers
     for message in messages:
         ahead: Future[ClaimedAttempt | None] | None = getattr(message, "_taskq_claim", None)
         if ahead is None:
             continue
         try:
-            claimed = ahead.result(timeout=10)
-        except Exception:  # the claim failed: nothing to withdraw
+            claimed = ahead.result(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:  # the claim failed or is stuck: left to the end of the shutdown
             continue
         if claimed is not None:
             claims.append((claimed.job_id, claimed.attempt))
