@@ -18,16 +18,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
 from queue_service.model import CANCELLABLE_STATUSES, JobStatus, can_transition
 from queue_service.repository.jobs import (
     DESCENDANTS_OF_ROOT,
-    PRIORITY_LEVEL,
     RANK_AT_NOW,
     ClaimedAttempt,
     StatusChange,
+    rank_at,
     status_changes,
 )
 
@@ -97,6 +98,17 @@ WITHDRAW = _move("withdraw_claim", {S.RUNNING}, {S.PENDING})
 MOVES = (CLAIM, FINISH, UNBLOCK, PROMOTE, CANCEL, REPLAY, REVIVE, WITHDRAW)
 
 
+# The (job, attempt) pairs a statement works on, from `_pairs(...)`'s :ids and :attempts.
+_WANTED = (
+    "wanted AS (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])) "
+    "  AS w(job_id, attempt))"
+)
+
+
+def _pairs(pairs: Sequence[tuple[str, int]]) -> dict[str, list[Any]]:
+    return {"ids": [job_id for job_id, _ in pairs], "attempts": [n for _, n in pairs]}
+
+
 def claim_attempts(
     conn: sa.Connection,
     requests: Sequence[tuple[str, int]],
@@ -115,8 +127,7 @@ def claim_attempts(
         return []
     rows = conn.execute(
         sa.text(
-            "WITH wanted AS (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])) "
-            "  AS w(job_id, attempt)), "
+            f"WITH {_WANTED}, "
             f"claimed AS (UPDATE jobs j SET status = {CLAIM.target()}, attempts = w.attempt, "
             "  started_at = :now, queued_at = l.granted_at, rank = NULL, pending_since = NULL "
             "  FROM wanted w JOIN leases l ON l.job_id = w.job_id AND l.attempt = w.attempt "
@@ -130,8 +141,7 @@ def claim_attempts(
             "SELECT * FROM claimed"
         ),
         {
-            "ids": [job_id for job_id, _ in requests],
-            "attempts": [attempt for _, attempt in requests],
+            **_pairs(requests),
             "now": now,
             "worker": worker,
             "ttl": lease_ttl_seconds,
@@ -255,8 +265,7 @@ def withdraw_claims(
         return []
     rows = conn.execute(
         sa.text(
-            "WITH wanted AS (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])) "
-            "  AS w(job_id, attempt)), "
+            f"WITH {_WANTED}, "
             "targets AS (SELECT j.id, w.attempt, l.granted_at FROM jobs j "
             "  JOIN wanted w ON w.job_id = j.id "
             "  JOIN leases l ON l.job_id = j.id AND l.attempt = w.attempt "
@@ -266,7 +275,7 @@ def withdraw_claims(
             f"back AS (UPDATE jobs j SET status = {WITHDRAW.target()}, "
             "  attempts = t.attempt - 1, started_at = NULL, queued_at = NULL, "
             "  pending_since = t.granted_at, "
-            f"  rank = extract(epoch FROM t.granted_at) - ({PRIORITY_LEVEL}) * :aging "
+            f"  rank = {rank_at('t.granted_at')} "
             "  FROM targets t WHERE j.id = t.id "
             f"  RETURNING j.id, t.attempt AS attempts, {WITHDRAW.source()} AS previous_status, "
             "    j.status), "
@@ -275,8 +284,7 @@ def withdraw_claims(
             "SELECT * FROM back"
         ),
         {
-            "ids": [job_id for job_id, _ in claims],
-            "attempts": [attempt for _, attempt in claims],
+            **_pairs(claims),
             "worker": worker,
             "aging": aging_seconds_per_level,
         },

@@ -31,10 +31,15 @@ Row = sa.Row[Any]
 _PG_DIALECT = psycopg_dialect()
 
 # The admission rank of a job becoming pending at :now (admission.admission_rank, in SQL).
-PRIORITY_LEVEL = (
-    "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in Priority) + " END"
-)
-RANK_AT_NOW = f"extract(epoch FROM CAST(:now AS timestamptz)) - ({PRIORITY_LEVEL}) * :aging"
+_LEVEL = "CASE priority " + " ".join(f"WHEN '{p.value}' THEN {p.level}" for p in Priority) + " END"
+
+
+def rank_at(ready_at: str) -> str:
+    """The rank of a job that became ready at the SQL timestamp `ready_at` (:aging bound)."""
+    return f"extract(epoch FROM {ready_at}) - ({_LEVEL}) * :aging"
+
+
+RANK_AT_NOW = rank_at("CAST(:now AS timestamptz)")
 
 
 # A ready job not yet admitted: admission's lease is the only mark of an admitted job.
