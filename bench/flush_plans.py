@@ -13,6 +13,7 @@ alternating rounds, so both see the same machine. Everything on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -27,14 +28,12 @@ from bench.scale_support import PG, drop_services, fresh_services
 
 DATABASE = "taskq_flush_plans"
 FUNCTIONS = (
-    "taskq_worker_flush(timestamptz, text, float8, float8, int, float8, text[], int[], "
-    "boolean[], text[], int[], text[], timestamptz[], text[], int[])",
+    "taskq_worker_flush(timestamptz, text, float8, float8, int, float8, jsonb)",
     "taskq_admit(timestamptz, int, float8, boolean, text[], int[], int[], int[])",
 )
 FLUSH = (
     "SELECT kind, job_id FROM taskq_worker_flush(%s::timestamptz, 'bench', 30, 60, 200, 300,"
-    " %s::text[], %s::int[], %s::boolean[], %s::text[], %s::int[], %s::text[],"
-    " '{}'::timestamptz[], '{}'::text[], '{}'::int[])"
+    " %s::jsonb)"
 )
 POOL = 64
 
@@ -65,18 +64,15 @@ def fill(conn: psycopg.Connection, jobs: int) -> list[str]:
 
 
 def flush(conn: psycopg.Connection, claims: list[str], ends: list[str]) -> list[tuple[str, str]]:
-    return conn.execute(
-        FLUSH,
-        (
-            datetime.now(UTC),
-            claims,
-            [1] * len(claims),
-            [False] * len(claims),
-            ends,
-            [1] * len(ends),
-            ["null"] * len(ends),
-        ),
-    ).fetchall()
+    items = {
+        "claim_jobs": claims,
+        "claim_attempts": [1] * len(claims),
+        "claim_redelivered": [False] * len(claims),
+        "done_jobs": ends,
+        "done_attempts": [1] * len(ends),
+        "done_results": ["null"] * len(ends),
+    }
+    return conn.execute(FLUSH, (datetime.now(UTC), json.dumps(items))).fetchall()
 
 
 def run_round(generic: bool, per_flush: int, flushes: int) -> tuple[float, float]:

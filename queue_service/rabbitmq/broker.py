@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
@@ -41,6 +41,43 @@ class TaskQueueBroker(RabbitmqBroker):
     # Called with the messages a stopping worker hands back to RabbitMQ, before it does
     # (claims made on delivery are withdrawn); None: nothing happens first.
     on_requeue: Callable[[list[MessageProxy]], None] | None = None
+
+    def publish_many(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
+        """Publish `messages`, in order, in one socket write; a lost connection is replaced
+        and the whole write tried once more (as Dramatiq's `enqueue` does per message).
+
+        Dramatiq's `enqueue` writes each message and then polls the connection until it
+        is out: three system calls and a pass through pika's I/O loop per message, which
+        was the most of a worker's publishing time. Here pika's channel implementation
+        queues every frame first, then one flush (what `basic_publish` runs after each
+        message) sends them. No enqueue middleware runs: none of the product's stacks has
+        any (`build_broker`). With publisher confirms on, it falls back to `enqueue`.
+        """
+        if self.confirm_delivery:
+            for message in messages:
+                self.enqueue(message)
+            return
+        for attempt in (1, 2):
+            try:
+                for queue_name in sorted({message.queue_name for message in messages}):
+                    self.declare_queue(queue_name, ensure=True)
+                channel = self.channel
+                frames = channel._impl  # pika's channel: queues frames, does no I/O
+                for message in messages:
+                    frames.basic_publish(
+                        exchange="",
+                        routing_key=message.queue_name,
+                        body=message.encode(),
+                        properties=pika.BasicProperties(
+                            delivery_mode=2, priority=message.options.get("broker_priority")
+                        ),
+                    )
+                channel._flush_output()
+                return
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
+                del self.connection  # the next try (or the next caller) opens a new one
+                if attempt == 2:
+                    raise
 
     @property
     def consumer_class(self) -> Any:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
@@ -154,5 +155,40 @@ def test_a_rejected_job_message_lands_in_the_dead_letter_queue(
         assert (death["reason"], death["queue"]) == ("rejected", names.JOBS_QUEUE)
         assert json.loads(body)["args"] == ["settle_batch_9", 3]
         assert channel.queue_declare(names.JOBS_QUEUE, passive=True).method.message_count == 0
+    finally:
+        connection.close()
+
+
+def test_admitted_attempts_go_out_in_order_and_survive_a_lost_connection(
+    pristine_node: RabbitMqExecutor, pristine_broker: TaskQueueBroker
+) -> None:
+    # Given attempts admitted in rank order (one flush's worth, published in one write)
+    first = [Admitted(f"ledger_{n}", 1, Priority.NORMAL) for n in range(3)]
+    assert publish_admitted(pristine_broker, first) == 3
+
+    # When the publishing thread's connection is lost before the next batch
+    pristine_broker.connection.close()
+    assert publish_admitted(pristine_broker, [Admitted("ledger_3", 2, Priority.NORMAL)]) == 1
+
+    # Then all four are on the queue in publication order: persistent job messages that a
+    # Dramatiq worker decodes, with the priority RabbitMQ orders them by
+    connection = connect(pristine_node)
+    try:
+        channel = connection.channel()
+        received = []
+        for _ in range(4):
+            method, properties, body = channel.basic_get(names.JOBS_QUEUE, auto_ack=True)
+            assert method is not None
+            assert (properties.delivery_mode, properties.priority) == (
+                2,
+                Priority.NORMAL.message_priority,
+            )
+            message = dramatiq.Message.decode(body)
+            assert (message.queue_name, message.actor_name) == (
+                names.JOBS_QUEUE,
+                names.RUN_JOB_ACTOR,
+            )
+            received.append(tuple(message.args))
+        assert received == [("ledger_0", 1), ("ledger_1", 1), ("ledger_2", 1), ("ledger_3", 2)]
     finally:
         connection.close()
