@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 
 import dramatiq
-import structlog
 
 from actors.completion import JobDeadLettered, complete
 from actors.execution import AttemptReport, run_attempt
@@ -22,7 +21,7 @@ from queue_service import names
 from queue_service.job_context import build_context
 from queue_service.job_types import get_job_type
 from queue_service.lifecycle import AttemptEnd
-from queue_service.logging import get_logger
+from queue_service.logging import attempt_context, get_logger
 from queue_service.repository import jobs as jobs_repo
 from queue_service.retry_policy import AttemptResult
 
@@ -38,7 +37,7 @@ log = get_logger(__name__)
 def run_job(job_id: str, attempt: int) -> None:
     runtime = get_runtime()
     claimed = claimed_attempt()
-    with structlog.contextvars.bound_contextvars(job_id=job_id, attempt=attempt):
+    with attempt_context(job_id, attempt):
         started = time.monotonic()
         # The job's started_at: a message claimed on delivery may have waited for a thread.
         started_at = datetime.now(UTC)

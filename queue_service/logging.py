@@ -17,11 +17,14 @@ formatter) cost as much CPU per job as the job's database work.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
@@ -32,17 +35,56 @@ from structlog.typing import EventDict, Processor
 _FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "dramatiq", "periodiq")
 
 
+# This process's id, read once and again in a forked child (os.getpid() is a system call,
+# and a worker writes a line per attempt).
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
 def _process_fields(process: str) -> Processor:
     def add(_: Any, __: str, event_dict: EventDict) -> EventDict:
         event_dict.setdefault("process", process)
-        event_dict["pid"] = os.getpid()
+        event_dict["pid"] = _pid
         return event_dict
 
     return add
 
 
+# The attempt the current thread (or task) is running: every line logged meanwhile, by the
+# product, a handler or a library, carries its job_id and attempt. One context variable
+# for both, merged by the processor below: structlog's `bound_contextvars` sets and resets
+# a variable per key, which cost more than the worker's line for the attempt itself.
+_ATTEMPT: ContextVar[tuple[str, int] | None] = ContextVar("taskq_log_attempt", default=None)
+
+
+@contextmanager
+def attempt_context(job_id: str, attempt: int) -> Iterator[None]:
+    """Lines logged inside carry `job_id` and `attempt` (unless they name their own)."""
+    token = _ATTEMPT.set((job_id, attempt))
+    try:
+        yield
+    finally:
+        _ATTEMPT.reset(token)
+
+
+def _merge_attempt(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    current = _ATTEMPT.get()
+    if current is not None:
+        event_dict.setdefault("job_id", current[0])
+        event_dict.setdefault("attempt", current[1])
+    return event_dict
+
+
 def _shared_processors(process: str) -> list[Processor]:
     return [
+        _merge_attempt,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -68,14 +110,33 @@ def redact(text: str) -> str:
 def _redact_values(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    return {k: redact(v) if isinstance(v, str) else v for k, v in event_dict.items()}
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value)  # replaces a value: the keys stay as they are
+    return event_dict
+
+
+def _fallback(value: Any) -> Any:
+    """What structlog's JSONRenderer does with a value JSON cannot encode."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+# One encoder for every line: `json.dumps` with a `default` builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_fallback)
+
+
+def _serialize(event_dict: Any, **_: Any) -> str:
+    return _ENCODER.encode(event_dict)
 
 
 # The last steps of every line, ours and the libraries'.
 _RENDER: list[Processor] = [
     structlog.processors.format_exc_info,
     _redact_values,
-    structlog.processors.JSONRenderer(),
+    structlog.processors.JSONRenderer(serializer=_serialize),
 ]
 
 
@@ -100,8 +161,10 @@ class HandlerStreamLogger:
         handler = self._handler
         handler.acquire()
         try:
-            handler.stream.write(line + "\n")
-            handler.stream.flush()
+            stream = handler.stream
+            stream.write(line + "\n")
+            if not getattr(stream, "line_buffering", False):  # stderr's newline flushes
+                stream.flush()
         finally:
             handler.release()
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from queue_service.logging import configure_logging, get_logger, redact
+from queue_service.logging import attempt_context, configure_logging, get_logger, redact
 
 
 @pytest.fixture
@@ -37,17 +37,35 @@ def test_our_lines_are_json_with_the_common_fields_and_the_bound_attempt(
 ) -> None:
     configure_logging("INFO", process="worker", stream=stderr)
     log = get_logger("tests.logging")
-    with structlog.contextvars.bound_contextvars(job_id="job_1", attempt=2):
+    with attempt_context("job_1", 2):
         log.info("attempt_finished", result="succeeded")
+        logging.getLogger("acme.ledger").warning("slow ledger")  # a library's line
+    log.info("after_the_attempt")
     log.debug("not_shown")
 
-    [line] = lines(stderr)
+    line, library, after = lines(stderr)
     assert line["event"] == "attempt_finished"
     assert line["level"] == "info"
     assert line["logger"] == "tests.logging"
     assert line["process"] == "worker"
     assert (line["job_id"], line["attempt"], line["result"]) == ("job_1", 2, "succeeded")
     assert {"timestamp", "pid"} <= line.keys()
+    assert (library["event"], library["job_id"], library["attempt"]) == ("slow ledger", "job_1", 2)
+    assert "job_id" not in after and "attempt" not in after
+
+
+def test_a_handlers_own_bound_context_and_odd_values_are_rendered(stderr: io.StringIO) -> None:
+    configure_logging("INFO", process="worker", stream=stderr)
+
+    class Account:
+        def __repr__(self) -> str:
+            return "<Account 42>"
+
+    with structlog.contextvars.bound_contextvars(tenant="acme"):
+        get_logger("tests.logging").info("charged", account=Account(), amount=12.5)
+
+    [line] = lines(stderr)
+    assert (line["tenant"], line["account"], line["amount"]) == ("acme", "<Account 42>", 12.5)
 
 
 def test_secrets_are_masked_in_our_lines_and_in_library_lines(stderr: io.StringIO) -> None:
