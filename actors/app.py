@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage, Retries, ShutdownNotifications
+from dramatiq.middleware import Retries
 from periodiq import PeriodiqMiddleware
 
 from actors.runtime import Runtime, install_runtime
@@ -39,10 +39,10 @@ def setup(role: str) -> dramatiq.Broker:
     # Dramatiq's own retries and time limit are replaced: attempts are counted in
     # PostgreSQL (a redelivered message must not reset them) and each job's time limit is
     # enforced per attempt (actors/attempt_monitor.py). Retries(max_retries=0) only turns a
-    # `throws` exception into message.fail(), i.e. a dead letter.
+    # `throws` exception into message.fail(), i.e. a dead letter. Nothing else of
+    # Dramatiq's: every middleware is called several times per message (handlers are not
+    # Dramatiq actors, so its shutdown notifications and current message serve none).
     stack: list[dramatiq.Middleware] = [
-        ShutdownNotifications(),
-        CurrentMessage(),
         Retries(max_retries=0),
         PeriodiqMiddleware(skip_delay=60),
         ResourceTokens(),

@@ -15,6 +15,7 @@ rows whose number does not grow with the jobs table.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from pathlib import Path
@@ -72,24 +73,41 @@ def jobs_submitted(n: int = 1) -> None:
         _SUBMITTED.inc(n)
 
 
+# The labelled series a worker records per job, looked up once per process: `labels()`
+# validates the values and takes the metric's lock on every call.
+@functools.cache
+def _wait_series(priority: str) -> Histogram:
+    return _WAIT.labels(priority)
+
+
+@functools.cache
+def _finished_series(job_type: str, outcome: str) -> Counter:
+    return _FINISHED.labels(job_type, outcome)
+
+
+@functools.cache
+def _run_series(job_type: str) -> Histogram:
+    return _RUN.labels(job_type)
+
+
 def job_started(priority: str, wait_seconds: float | None) -> None:
     """A worker claimed an attempt that had been ready for `wait_seconds`."""
     if wait_seconds is not None:
-        _WAIT.labels(priority).observe(max(wait_seconds, 0.0))
+        _wait_series(priority).observe(max(wait_seconds, 0.0))
 
 
 def job_finished(job_type: str, outcome: str, run_seconds: float | None = None) -> None:
     """The job reached a terminal status (`outcome`) at the end of an attempt."""
-    _FINISHED.labels(job_type, outcome).inc()
+    _finished_series(job_type, outcome).inc()
     if run_seconds is not None:
-        _RUN.labels(job_type).observe(max(run_seconds, 0.0))
+        _run_series(job_type).observe(max(run_seconds, 0.0))
 
 
 def job_retried(job_type: str, run_seconds: float | None = None) -> None:
     """An attempt failed and the job will be retried after its backoff."""
     _RETRIES.labels(job_type).inc()
     if run_seconds is not None:
-        _RUN.labels(job_type).observe(max(run_seconds, 0.0))
+        _run_series(job_type).observe(max(run_seconds, 0.0))
 
 
 def job_dead_lettered(job_type: str, reason: str) -> None:

@@ -37,5 +37,10 @@ def test_every_line_is_json_with_the_same_fields(start_product: ProductFactory) 
     assert {line["process"] for line in worker} == {"worker"}
     assert any(str(line["logger"]).startswith("uvicorn.access") for line in api)
     assert any(str(line["logger"]).startswith("dramatiq") for line in worker)
+    # the attempt that failed has its line at INFO, with its job and attempt; a success is
+    # DEBUG (the job's event log records it)
     finished = [line for line in worker if line["event"] == "attempt_finished"]
-    assert {(line["job_id"], line["attempt"]) for line in finished} == {(ok, 1), (bad, 1)}
+    assert [(line["job_id"], line["attempt"], line["level"]) for line in finished] == [
+        (bad, 1, "info")
+    ]
+    assert ok not in {line.get("job_id") for line in worker}
