@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import selectors
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -140,11 +141,30 @@ def _run_sync(job_type: JobType, argument: Any, context: JobContext, watch: Watc
 _thread_state = threading.local()
 
 
+class _AttemptSelector(selectors.DefaultSelector):
+    """The selector of a worker thread's loop: a poll that may not wait is skipped while
+    the loop watches no file but its own wake-up pipe.
+
+    Running an attempt takes the loop through at least two passes, each polling with a
+    zero timeout (the task's step, then the stop): two system calls that release the GIL,
+    in a process whose threads contend for it, for a handler that may never touch a file.
+    With only the wake-up pipe registered nothing can be ready that the loop's ready
+    queue does not already hold (`call_soon_threadsafe` queues its callback before it
+    writes to the pipe); the pipe is drained by the next poll that waits. Once a handler
+    opens a socket, every poll happens as usual.
+    """
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0 and len(self.get_map()) <= 1:
+            return []
+        return super().select(timeout)
+
+
 def _thread_loop() -> asyncio.AbstractEventLoop:
     """This worker thread's event loop, created once and reused by its later attempts."""
     loop: asyncio.AbstractEventLoop | None = getattr(_thread_state, "loop", None)
     if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
+        loop = asyncio.SelectorEventLoop(_AttemptSelector())
         asyncio.set_event_loop(loop)
         _thread_state.loop = loop
     return loop

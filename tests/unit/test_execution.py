@@ -1,6 +1,7 @@
 """Running one attempt: sync and async handlers, time limits, cancel, errors, results.
 
-No I/O: the context writes to a list, `cancel_requested` is a plain function.
+The context writes to a list, `cancel_requested` is a plain function; the one test with
+sockets keeps them on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -128,6 +129,40 @@ def test_async_handlers_share_one_event_loop_per_thread(register: Any) -> None:
     # Then each succeeded, all on the same loop
     assert [r.value for r in reports] == [{"echo": {"n": n}} for n in range(3)]
     assert len(set(map(id, loops))) == 1
+
+
+def test_an_async_handler_sees_its_sockets_and_wake_ups_from_other_threads(
+    run: Run, register: Any
+) -> None:
+    # Given an async handler that talks to a server on its own loop (127.0.0.1) and then
+    # waits for a value another thread hands to the loop (the loop's wake-up pipe)
+    async def handler(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.readline())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ledger\n")
+        line = await reader.readline()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Future[str] = loop.create_future()
+        threading.Timer(0.05, loop.call_soon_threadsafe, (handed.set_result, "posted")).start()
+        return {"echo": line.decode().strip(), "handed": await handed}
+
+    # When it runs
+    report = run(register(handler), timeout=5)
+
+    # Then both arrived
+    assert report == AttemptReport(
+        AttemptResult.SUCCEEDED, value={"echo": "ledger", "handed": "posted"}
+    )
 
 
 @pytest.mark.parametrize("is_async", [False, True])
