@@ -52,23 +52,19 @@ def job_attempt(message: MessageProxy | dramatiq.Message[Any]) -> tuple[str, int
     return str(job_id), int(attempt)
 
 
-def claim_on_delivery(message: MessageProxy) -> Future[ClaimedAttempt | None] | None:
+def claim_on_delivery(message: MessageProxy) -> None:
     """On the consumer thread, as a job message is delivered: hand its claim to the writer
-    and return the answer to come; the consumer passes the message on once it is in (see
-    rabbitmq/broker.py). Claims of messages delivered together share a flush. None for
-    another actor's message, or when the writer cannot take the claim (the thread that
-    takes the message then claims it itself)."""
+    without waiting; the thread that takes the message waits for the answer (usually in
+    already). Claims of messages delivered together share a flush."""
     ids = job_attempt(message)
-    if ids is None:
-        return None
-    job_id, attempt = ids
-    try:
-        claim = get_runtime().writer.claim_later(job_id, attempt, _redelivered(message))
-    except Exception:  # never stop the consumer
-        log.exception("claim_on_delivery_failed", job_id=job_id, attempt=attempt)
-        return None
-    setattr(message, "_taskq_claim", claim)  # noqa: B010  (an attribute of its own)
-    return claim
+    if ids is not None:
+        job_id, attempt = ids
+        try:
+            claim = get_runtime().writer.claim_later(job_id, attempt, _redelivered(message))
+        except Exception:  # never stop the consumer: the thread will claim it itself
+            log.exception("claim_on_delivery_failed", job_id=job_id, attempt=attempt)
+            return
+        setattr(message, "_taskq_claim", claim)  # noqa: B010  (an attribute of its own)
 
 
 def withdraw_on_requeue(messages: list[MessageProxy]) -> None:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import dramatiq
 import pika
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
-from dramatiq.common import iter_queue, xq_name
-from dramatiq.worker import ConsumerThread
+from dramatiq.common import xq_name
 
 from queue_service import names
 from queue_service.settings import Settings
@@ -39,9 +36,8 @@ class TaskQueueBroker(RabbitmqBroker):
         return arguments
 
     # Called on the consumer thread with each message as it is delivered (a worker's claim
-    # on delivery, settings.claim_on_delivery); it returns the claim's answer to come, and
-    # the message waits for it (None: the message goes on at once). None: nothing happens.
-    on_delivery: Callable[[MessageProxy], Future[Any] | None] | None = None
+    # on delivery, settings.claim_on_delivery); None: nothing happens at delivery.
+    on_delivery: Callable[[MessageProxy], None] | None = None
     # Called with the messages a stopping worker hands back to RabbitMQ, before it does
     # (claims made on delivery are withdrawn); None: nothing happens first.
     on_requeue: Callable[[list[MessageProxy]], None] | None = None
@@ -98,67 +94,18 @@ class TaskQueueBroker(RabbitmqBroker):
 
 
 class _Consumer(_RabbitmqConsumer):  # type: ignore[misc]  # Dramatiq's, untyped
-    """Dramatiq's RabbitMQ consumer, with the claim on delivery (`on_delivery`).
-
-    `on_delivery` starts each job message's claim and returns its answer to come. The
-    message reaches Dramatiq's work queue only once that answer is in: the writer thread
-    hands it over (`_hand_over`), so no worker thread takes a message and then waits for
-    its claim (a wait and a wake-up per job, ~6 % of a worker's time in py-spy). A stopping
-    worker gives `on_requeue` every message it did not run: those Dramatiq hands back, and
-    those still held here or handed over after Dramatiq emptied its work queue.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Dramatiq's consumer thread creates its consumer: the thread whose work queue
-        # takes the messages (None when something else consumes: messages are not held).
-        thread = threading.current_thread()
-        self._consumer_thread = thread if isinstance(thread, ConsumerThread) else None
-        self._lock = threading.Lock()
-        self._held: dict[int, MessageProxy] = {}  # by delivery tag
-        self._given_back = False
+    """Dramatiq's RabbitMQ consumer, handing each delivered message to `on_delivery`, and
+    the messages a stopping worker gives back to `on_requeue` before they go."""
 
     def __next__(self) -> MessageProxy | None:
         message: MessageProxy | None = super().__next__()
-        if message is None or self.broker.on_delivery is None:
-            return message
-        answer = self.broker.on_delivery(message)
-        if answer is None or self._consumer_thread is None:
-            return message
-        with self._lock:
-            self._held[message._tag] = message
-        answer.add_done_callback(lambda _: self._hand_over(message))
-        return None  # for now: Dramatiq takes it as "nothing delivered yet"
-
-    def _hand_over(self, message: MessageProxy) -> None:
-        """Its claim is answered (on the writer thread; here, when it already was)."""
-        assert self._consumer_thread is not None
-        with self._lock:
-            if self._given_back or self._held.pop(message._tag, None) is None:
-                return
-            if not self._consumer_thread.running:  # stopping: it waits to be given back
-                self._held[message._tag] = message
-                return
-            self._consumer_thread.handle_message(message)
+        if message is not None and self.broker.on_delivery is not None:
+            self.broker.on_delivery(message)
+        return message
 
     def requeue(self, messages: Any) -> None:
-        self._give_back(list(messages))
-
-    def close(self) -> None:
-        self._give_back([])  # what no requeue took (Dramatiq's was empty) or came late
-        super().close()
-
-    def _give_back(self, messages: list[MessageProxy]) -> None:
-        thread = self._consumer_thread
-        with self._lock:
-            stopping = thread is None or not thread.running
-            if stopping and not self._given_back:
-                self._given_back = True
-                messages += self._held.values()
-                self._held.clear()
-                if thread is not None:  # handed over after Dramatiq emptied its queue
-                    messages += [item.message for item in iter_queue(thread.work_queue)]
-        if messages and self.broker.on_requeue is not None:
+        messages = list(messages)
+        if self.broker.on_requeue is not None:
             self.broker.on_requeue(messages)
         super().requeue(messages)
 
