@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.support.product import Product
+from tests.support.product import Product, wait_until
 
 LONG = {"type": "long_running", "payload": {"duration_seconds": 30}}
 SHORT = {"type": "quick_task", "payload": {"duration_seconds": 0.2}}
@@ -101,7 +101,9 @@ def test_no_worker(start_product) -> None:  # type: ignore[no-untyped-def]
     product.submit(job_with("admitted", 6, 1024))
     product.submit(job_with("too_big_now", 4, 1024))
 
-    # Then the first holds its tokens and waits for a worker; the second waits for CPU
+    # Then the first holds its tokens and waits for a worker (the api admits after it
+    # answers: wait for that); the second waits for CPU
+    wait_until(lambda: waiting(product, "admitted")[1] is not None, 10, 0.05, "admission")
     status, queued_at, reason = waiting(product, "admitted")
     assert (status, reason) == ("pending", "no_worker") and queued_at is not None
     assert waiting(product, "too_big_now") == ("pending", None, "insufficient_cpu")

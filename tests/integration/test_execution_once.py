@@ -87,7 +87,8 @@ def test_a_message_published_twice_runs_once(
     # republish of the unclaimed attempt while a slow machine starts the worker)
     product = start_product(workers=0, TASKQ_REPUBLISH_AFTER_SECONDS="120")
     job_id = product.submit({"type": "noop", "payload": {"duration_seconds": 0.3}})["job_id"]
-    assert product.job(job_id)["queued_at"] is not None
+    # (the api admits and publishes after it answers: wait for it)
+    wait_until(lambda: product.job(job_id)["queued_at"] is not None, 10, 0.05, "admission")
     # and the same attempt published twice more
     admitted = Admitted(job_id, 1, Priority.NORMAL)
     assert publish_admitted(broker, [admitted]) == 1
