@@ -21,7 +21,10 @@ STARVATION_SECONDS = 1.0
 AGING_SECONDS_PER_LEVEL = 0.25  # a high light submitted 0.5 s after the heavy ranks behind it
 LIGHT_SECONDS = 0.6
 MARGIN_SECONDS = 2.5  # admission after a finish, claim, a maintenance tick, a loaded machine
-SUBMIT_INTERVAL = 0.12  # lights of 2 CPU for 0.6 s: 10 CPU units wanted, 8 served
+# Lights of 2 CPU for 0.6 s: 15 CPU units wanted, 8 served. The backlog must outlast a
+# client slowed by a loaded machine: at 10 units wanted (one every 0.12 s) a stalled
+# client once let the pool drain mid-stream and the heavy job in without reservation.
+SUBMIT_INTERVAL = 0.08
 STREAM_BEFORE_HEAVY = 0.6
 STREAM_AFTER_HEAVY = 5.0  # longer than the bound the first test holds the heavy job to
 
