@@ -26,7 +26,7 @@ MARGIN_SECONDS = 2.5  # admission after a finish, claim, a maintenance tick, a l
 # client once let the pool drain mid-stream and the heavy job in without reservation.
 SUBMIT_INTERVAL = 0.08
 STREAM_BEFORE_HEAVY = 0.6
-STREAM_AFTER_HEAVY = 5.0  # longer than the bound the first test holds the heavy job to
+STREAM_AFTER_HEAVY = 6.5  # well past the bound the first test holds the heavy job to
 
 HEAVY_ID = "heavy_low"
 HEAVY: dict[str, object] = {
@@ -123,9 +123,9 @@ def test_without_reservation_the_same_stream_starves_the_heavy_job(
     stream = stream_lights_around_heavy(product)
     heavy = product.wait_for_status(HEAVY_ID, {"running", "completed"}, timeout=60)
 
-    # Then the lights backfill past the heavy job for the whole stream: it starts only
-    # after the last light was submitted, far past the threshold the first test holds
-    assert stream.last_submitted_at is not None
-    assert datetime.fromisoformat(heavy["started_at"]) > stream.last_submitted_at
-    assert heavy_wait_seconds(heavy) > STARVATION_SECONDS + LIGHT_SECONDS + MARGIN_SECONDS
+    # Then the lights backfill past the heavy job: it waits far past the bound the first
+    # test holds it to (about the whole stream; on a loaded machine the client may slow
+    # enough near the end for the pool to drain a moment early, so that is not asserted)
+    wait = heavy_wait_seconds(heavy)
+    assert wait > STARVATION_SECONDS + LIGHT_SECONDS + MARGIN_SECONDS, wait
     assert not any(str(r).startswith("reserved_for:") for r in stream.reasons_seen)
