@@ -212,16 +212,21 @@ def plan_cache_settings(engine: sa.Engine) -> dict[str, list[str] | None]:
 
 
 def test_hot_functions_plan_generically(scratch: tuple[Config, sa.Engine]) -> None:
-    """A CREATE OR REPLACE of either function in a later migration drops the setting
-    (migration 0009): this catches a migration that forgets to set it again."""
+    """A CREATE OR REPLACE of either function in a later migration drops their settings
+    (migrations 0009 and 0015): this catches a migration that forgets to set them again."""
     config, engine = scratch
 
     # Given a database at head
     command.upgrade(config, "head")
 
-    # Then the worker flush and admission plan their statements generically
-    expected = ["plan_cache_mode=force_generic_plan"]
+    # Then the worker flush and admission plan their statements generically, by index
+    expected = ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"]
     assert plan_cache_settings(engine) == {"taskq_worker_flush": expected, "taskq_admit": expected}
+
+    # And before migration 0015 they plan generically only
+    command.downgrade(config, "0014")
+    generic = ["plan_cache_mode=force_generic_plan"]
+    assert plan_cache_settings(engine) == {"taskq_worker_flush": generic, "taskq_admit": generic}
 
     # And one revision down, they plan as the server decides again
     command.downgrade(config, "0008")
