@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import pika
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import xq_name
+from dramatiq.errors import ConnectionClosed
 
 from queue_service import names
 from queue_service.settings import Settings
@@ -81,7 +83,7 @@ class TaskQueueBroker(RabbitmqBroker):
 
     @property
     def consumer_class(self) -> Any:
-        return _Consumer if self.on_delivery is not None else _RabbitmqConsumer
+        return _Consumer
 
     def _declare_xq_queue(self, queue_name: str) -> Any:
         channel = self.channel
@@ -95,7 +97,41 @@ class TaskQueueBroker(RabbitmqBroker):
 
 class _Consumer(_RabbitmqConsumer):  # type: ignore[misc]  # Dramatiq's, untyped
     """Dramatiq's RabbitMQ consumer, handing each delivered message to `on_delivery`, and
-    the messages a stopping worker gives back to `on_requeue` before they go."""
+    the messages a stopping worker gives back to `on_requeue` before they go. Its acks are
+    sent in batches (`ack`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks_lock = threading.Lock()
+        self._acks: list[int] = []  # delivery tags acked by worker threads, not yet sent
+
+    def ack(self, message: MessageProxy) -> None:
+        """Send the message's ack from the consumer thread (pika is not thread-safe), with
+        whatever other acks are waiting by then: one hand-over to that thread and one write
+        for all of them. Dramatiq hands each ack over on its own (a wake-up of the consumer
+        thread, a write and a pass of pika's I/O loop per message)."""
+        try:
+            self.known_tags.remove(message._tag)
+        except KeyError:
+            self.logger.warning("Failed to ack message: not in known tags.")
+            return
+        with self._acks_lock:
+            self._acks.append(message._tag)
+            if len(self._acks) > 1:
+                return  # the hand-over already on its way sends this one too
+        try:
+            self.connection.add_callback_threadsafe(self._send_acks)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+
+    def _send_acks(self) -> None:
+        """On the consumer thread: every waiting ack, then one flush of the socket."""
+        with self._acks_lock:
+            tags, self._acks = self._acks, []
+        frames = self.channel._impl  # pika's channel: queues frames, does no I/O
+        for tag in tags:
+            frames.basic_ack(tag)
+        self.channel._flush_output()
 
     def __next__(self) -> MessageProxy | None:
         message: MessageProxy | None = super().__next__()

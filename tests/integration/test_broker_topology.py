@@ -4,6 +4,7 @@ pytest-rabbitmq (`rabbitmq_proc`): nothing was declared there before the broker 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -190,5 +191,47 @@ def test_admitted_attempts_go_out_in_order_and_survive_a_lost_connection(
             )
             received.append(tuple(message.args))
         assert received == [("ledger_0", 1), ("ledger_1", 1), ("ledger_2", 1), ("ledger_3", 2)]
+    finally:
+        connection.close()
+
+
+def test_acks_from_many_threads_all_reach_rabbitmq(
+    pristine_node: RabbitMqExecutor, pristine_broker: TaskQueueBroker
+) -> None:
+    # Given 40 job messages delivered to the broker's consumer, none acknowledged yet
+    total = 40
+    publish_admitted(pristine_broker, [Admitted(f"fx_{n}", 1, Priority.LOW) for n in range(total)])
+    consumer = pristine_broker.consume(names.JOBS_QUEUE, prefetch=total, timeout=100)
+    try:
+        delivered = []
+        for _ in range(200):  # bounded: deliveries arrive over a few polls
+            message = next(consumer)
+            if message is not None:
+                delivered.append(message)
+            if len(delivered) == total:
+                break
+        assert len(delivered) == total
+
+        # When four worker threads acknowledge them at once (batched on the consumer thread)
+        def ack_share(share: list[Any]) -> None:
+            for message in share:
+                consumer.ack(message)
+
+        threads = [threading.Thread(target=ack_share, args=(delivered[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for _ in range(5):  # the consumer thread's polls send what was handed over
+            assert next(consumer) is None
+    finally:
+        # and the consumer goes away, as a worker that stops does
+        consumer.close()
+
+    # Then every ack reached RabbitMQ: nothing is redelivered to anyone
+    connection = connect(pristine_node)
+    try:
+        channel = connection.channel()
+        assert channel.queue_declare(names.JOBS_QUEUE, passive=True).method.message_count == 0
     finally:
         connection.close()
