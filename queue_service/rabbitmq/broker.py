@@ -14,6 +14,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import xq_name
 from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import MiddlewareError
 
 from queue_service import names
 from queue_service.settings import Settings
@@ -84,6 +85,52 @@ class TaskQueueBroker(RabbitmqBroker):
     @property
     def consumer_class(self) -> Any:
         return _Consumer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The hooks each signal calls, by signal name (`_hooks`); reset as middleware is added.
+        self._hooks_by_signal: dict[str, list[tuple[dramatiq.Middleware, Any]]] = {}
+        super().__init__(*args, **kwargs)
+
+    # Dramatiq's emit_before/emit_after call the hook of every middleware for every signal,
+    # most of them the base class's no-op: four signals a message, seven middleware. These
+    # call only the hooks a middleware defines, with the same order and error handling.
+
+    def add_middleware(self, middleware: dramatiq.Middleware, **where: Any) -> None:
+        super().add_middleware(middleware, **where)
+        self._hooks_by_signal = {}
+
+    def _hooks(self, signal: str) -> list[tuple[dramatiq.Middleware, Any]]:
+        hooks = self._hooks_by_signal.get(signal)
+        if hooks is None:
+            no_op = getattr(dramatiq.Middleware, signal, None)
+            hooks = [
+                (middleware, getattr(middleware, signal))
+                for middleware in self.middleware
+                if signal in getattr(middleware, "__dict__", {})
+                or getattr(type(middleware), signal, None) is not no_op
+            ]
+            self._hooks_by_signal[signal] = hooks
+        return hooks
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        for middleware, hook in self._hooks("before_" + signal):
+            try:
+                hook(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in before_%s of %r.", signal, middleware, exc_info=True
+                )
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        for middleware, hook in reversed(self._hooks("after_" + signal)):
+            try:
+                hook(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in after_%s of %r.", signal, middleware, exc_info=True
+                )
 
     def _declare_xq_queue(self, queue_name: str) -> Any:
         channel = self.channel
