@@ -19,6 +19,7 @@ import functools
 import glob
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -73,45 +74,35 @@ def jobs_submitted(n: int = 1) -> None:
         _SUBMITTED.inc(n)
 
 
-# The labelled series a worker records per job, looked up once per process: `labels()`
-# validates the values and takes the metric's lock on every call.
+# A labelled series, looked up once per process and label values: `labels()` validates
+# the values and takes the metric's lock on every call, once or twice per job in a worker.
 @functools.cache
-def _wait_series(priority: str) -> Histogram:
-    return _WAIT.labels(priority)
-
-
-@functools.cache
-def _finished_series(job_type: str, outcome: str) -> Counter:
-    return _FINISHED.labels(job_type, outcome)
-
-
-@functools.cache
-def _run_series(job_type: str) -> Histogram:
-    return _RUN.labels(job_type)
+def _series(metric: Counter | Histogram, *values: str) -> Any:
+    return metric.labels(*values)
 
 
 def job_started(priority: str, wait_seconds: float | None) -> None:
     """A worker claimed an attempt that had been ready for `wait_seconds`."""
     if wait_seconds is not None:
-        _wait_series(priority).observe(max(wait_seconds, 0.0))
+        _series(_WAIT, priority).observe(max(wait_seconds, 0.0))
 
 
 def job_finished(job_type: str, outcome: str, run_seconds: float | None = None) -> None:
     """The job reached a terminal status (`outcome`) at the end of an attempt."""
-    _finished_series(job_type, outcome).inc()
+    _series(_FINISHED, job_type, outcome).inc()
     if run_seconds is not None:
-        _run_series(job_type).observe(max(run_seconds, 0.0))
+        _series(_RUN, job_type).observe(max(run_seconds, 0.0))
 
 
 def job_retried(job_type: str, run_seconds: float | None = None) -> None:
     """An attempt failed and the job will be retried after its backoff."""
-    _RETRIES.labels(job_type).inc()
+    _series(_RETRIES, job_type).inc()
     if run_seconds is not None:
-        _run_series(job_type).observe(max(run_seconds, 0.0))
+        _series(_RUN, job_type).observe(max(run_seconds, 0.0))
 
 
 def job_dead_lettered(job_type: str, reason: str) -> None:
-    _DEAD_LETTERS.labels(job_type, reason).inc()
+    _series(_DEAD_LETTERS, job_type, reason).inc()
 
 
 def attempt_outcome(

@@ -29,6 +29,11 @@ class TaskQueueBroker(RabbitmqBroker):
     operators and for GET /dead-letters.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The hooks each signal calls, by signal name (`_hooks`); reset as middleware is added.
+        self._hooks_by_signal: dict[str, list[tuple[dramatiq.Middleware, Any]]] = {}
+        super().__init__(*args, **kwargs)
+
     def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE,
@@ -85,11 +90,6 @@ class TaskQueueBroker(RabbitmqBroker):
     @property
     def consumer_class(self) -> Any:
         return _Consumer
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # The hooks each signal calls, by signal name (`_hooks`); reset as middleware is added.
-        self._hooks_by_signal: dict[str, list[tuple[dramatiq.Middleware, Any]]] = {}
-        super().__init__(*args, **kwargs)
 
     # Dramatiq's emit_before/emit_after call the hook of every middleware for every signal,
     # most of them the base class's no-op: four signals a message, seven middleware. These
