@@ -70,6 +70,7 @@ def withdraw_unstarted(
 ) -> list[jobs_repo.StatusChange]:
     """Give back attempts `worker` claimed and never started, as if never claimed (see
     `transitions.withdraw_claims`), with their events."""
+    transitions.record_running(conn, [job_id for job_id, _ in claims])
     changes = transitions.withdraw_claims(conn, claims, worker, settings.aging_seconds_per_level)
     events_repo.record_events(
         conn,
@@ -177,6 +178,7 @@ def finish_attempts(
     maintenance already reclaimed, changes nothing but a leftover lease.
     """
     finished = FinishedAttempts()
+    transitions.record_running(conn, [e.job_id for e in ends])
     running = jobs_repo.lock_running(conn, [(e.job_id, e.attempt) for e in ends])
     rows: list[transitions.RecordedOutcome] = []
     events: list[events_repo.JobEvent] = list(other_events)
@@ -267,6 +269,12 @@ def _outcome_event(end: AttemptEnd, outcome: Outcome, now: datetime) -> events_r
 
 def cancel_job(conn: sa.Connection, settings: Settings, job_id: str, now: datetime) -> Consequences:
     """Cancel a waiting job now, or ask the worker running it to stop (202 for the API)."""
+    # The row, then (in a later statement, so an admission that held the row has committed
+    # and its lease is seen) the lease: a claim in flight, which starts the lease without
+    # locking the row, commits first (the job is then running) or finds the lease gone.
+    jobs_repo.lock_job(conn, job_id)
+    leases_repo.lock_lease(conn, job_id)
+    transitions.record_running(conn, [job_id])
     job = jobs_repo.get_job(conn, job_id)
     if job is None:
         raise errors.JobNotFound(f"job {job_id!r} not found")

@@ -16,7 +16,7 @@ class JobStatus(StrEnum):
     BLOCKED = "blocked"  # in: submission (unfinished deps); out: completion of its last dep
     SCHEDULED = "scheduled"  # in: submission with a future run_at; out: maintenance when due
     PENDING = "pending"  # in: readiness; out: a worker claims the attempt (admission leases it)
-    RUNNING = "running"  # in: the worker's claim; out: completion, or maintenance on lease expiry
+    RUNNING = "running"  # in: the claim, which starts the lease; out: the attempt's end
     RETRYING = "retrying"  # in: completion of a failed attempt; out: maintenance when due
     COMPLETED = "completed"  # terminal
     FAILED = "failed"  # terminal (a dead-letter replay moves it back to pending)

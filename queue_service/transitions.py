@@ -118,27 +118,26 @@ def claim_attempts(
 ) -> list[ClaimedAttempt]:
     """pending -> running for exactly these (job, attempt) pairs, each holding an unstarted
     lease; returns the ones this call claimed (a redelivery, a double publish or a racing
-    worker finds no row). One statement for the whole batch: it starts the leases too.
+    worker finds no row). One statement for the whole batch, as the worker's flush claims
+    (migration 0016): the claim starts the lease and leaves the job row as it is; the job
+    is running while its lease is started, and the row is written at the attempt's end
+    (or by `record_running`).
 
-    The job row's guard (`status = 'pending' AND attempts = attempt - 1`) is re-checked
-    after a concurrent claim commits, so two workers racing for one attempt get one row.
+    The lease's guard (`started_at IS NULL`) is re-checked after a concurrent claim
+    commits, so two workers racing for one attempt get one row.
     """
     if not requests:
         return []
     rows = conn.execute(
         sa.text(
-            f"WITH {_WANTED}, "
-            f"claimed AS (UPDATE jobs j SET status = {CLAIM.target()}, attempts = w.attempt, "
-            "  started_at = :now, queued_at = l.granted_at, rank = NULL, pending_since = NULL "
-            "  FROM wanted w JOIN leases l ON l.job_id = w.job_id AND l.attempt = w.attempt "
-            "    AND l.started_at IS NULL "
-            f"  WHERE j.id = w.job_id AND {CLAIM.guard()} AND j.attempts = w.attempt - 1 "
-            "  RETURNING j.id, j.attempts, j.type, j.payload, j.timeout_seconds, j.priority, "
-            "    j.created_at, l.granted_at AS pending_since), "
-            "started AS (UPDATE leases l SET started_at = :now, worker = :worker, "
+            f"WITH {_WANTED} "
+            "UPDATE leases l SET started_at = :now, worker = :worker, "
             "  expires_at = :now + :ttl * interval '1 second' "
-            "  FROM claimed c WHERE l.job_id = c.id AND l.attempt = c.attempts) "
-            "SELECT * FROM claimed"
+            "FROM wanted w, jobs j "
+            "WHERE l.job_id = w.job_id AND l.attempt = w.attempt AND l.started_at IS NULL "
+            f"  AND j.id = w.job_id AND {CLAIM.guard()} AND j.attempts = w.attempt - 1 "
+            "RETURNING j.id, l.attempt AS attempts, j.type, j.payload, j.timeout_seconds, "
+            "  j.priority, j.created_at, l.granted_at AS pending_since"
         ),
         {
             **_pairs(requests),
@@ -160,6 +159,32 @@ def claim_attempts(
         )
         for r in rows
     ]
+
+
+def record_running(conn: sa.Connection, job_ids: Sequence[str]) -> None:
+    """Write the claim's half onto the rows of these jobs whose attempt runs on its lease
+    alone: pending -> running with the lease's attempt number, start and grant time.
+
+    A claim starts only the lease (migration 0016), so the row of a running job may still
+    say pending. A Python path that changes a running job (ends its attempt, asks it to
+    stop, withdraws its claim) calls this first and then finds the row `running`. Rows and
+    leases are locked in id order. No event: the claim recorded `job_running`.
+    """
+    if not job_ids:
+        return
+    conn.execute(
+        sa.text(
+            "WITH targets AS (SELECT j.id, l.attempt, l.started_at, l.granted_at FROM jobs j "
+            "  JOIN leases l ON l.job_id = j.id AND l.started_at IS NOT NULL "
+            f"  WHERE j.id = ANY(:ids) AND {CLAIM.guard()} AND j.attempts = l.attempt - 1 "
+            "  ORDER BY j.id FOR UPDATE OF j, l) "
+            f"UPDATE jobs j SET status = {CLAIM.target()}, attempts = t.attempt, "
+            "  started_at = t.started_at, queued_at = t.granted_at, rank = NULL, "
+            "  pending_since = NULL "
+            "FROM targets t WHERE j.id = t.id"
+        ),
+        {"ids": sorted(set(job_ids))},
+    )
 
 
 @dataclass(frozen=True)

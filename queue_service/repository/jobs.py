@@ -237,12 +237,41 @@ def existing_ids(conn: sa.Connection, ids: Sequence[str]) -> set[str]:
 # --- reads ----------------------------------------------------------------------------
 
 
-# A job row as the product shows it: while admitted and waiting for a worker, `queued_at`
-# is the lease's grant time (admission writes only the lease, not the jobs row).
-_JOB_WITH_LEASE: sa.Select[Any] = sa.select(
-    *[c for c in jobs.c if c.name != "queued_at"],
-    sa.func.coalesce(jobs.c.queued_at, leases.c.granted_at).label("queued_at"),
-).select_from(jobs.outerjoin(leases, leases.c.job_id == jobs.c.id))
+# A job row as the product shows it. Admission and the claim write only the lease, not the
+# jobs row (migration 0016): while admitted, `queued_at` is the lease's grant time; while
+# its lease is started, the job is running that attempt, which started then.
+# (Literals, not parameters: GET /jobs/{id} runs this compiled, on the driver.)
+_RUNNING_ON_LEASE = sa.and_(
+    jobs.c.status == sa.literal_column("'pending'"), leases.c.started_at.is_not(None)
+)
+_SHOWN_FROM_LEASE: dict[str, sa.ColumnElement[Any]] = {
+    "status": sa.case((_RUNNING_ON_LEASE, sa.literal_column("'running'")), else_=jobs.c.status),
+    "attempts": sa.case((_RUNNING_ON_LEASE, leases.c.attempt), else_=jobs.c.attempts),
+    "started_at": sa.case((_RUNNING_ON_LEASE, leases.c.started_at), else_=jobs.c.started_at),
+    "queued_at": sa.func.coalesce(jobs.c.queued_at, leases.c.granted_at),
+}
+_WITH_LEASE = jobs.outerjoin(leases, leases.c.job_id == jobs.c.id)
+
+
+def _shown(names: Sequence[str]) -> list[sa.ColumnElement[Any]]:
+    return [
+        _SHOWN_FROM_LEASE[name].label(name) if name in _SHOWN_FROM_LEASE else jobs.c[name]
+        for name in names
+    ]
+
+
+# The status a job shows, in SQL, for a jobs row aliased `alias` (correlated reads).
+def shown_status(alias: str) -> str:
+    return (
+        f"CASE WHEN {alias}.status = 'pending' AND EXISTS (SELECT 1 FROM leases sl "
+        f"WHERE sl.job_id = {alias}.id AND sl.started_at IS NOT NULL) "
+        f"THEN 'running' ELSE {alias}.status END"
+    )
+
+
+_JOB_WITH_LEASE: sa.Select[Any] = sa.select(*_shown([c.name for c in jobs.c])).select_from(
+    _WITH_LEASE
+)
 
 
 def get_job(conn: sa.Connection, job_id: str) -> Row | None:
@@ -254,7 +283,8 @@ def get_job(conn: sa.Connection, job_id: str) -> Row | None:
 # latest progress report (ix_job_dependencies_*, ix_job_events_job).
 _JOB_DETAIL: sa.Select[Any] = _JOB_WITH_LEASE.add_columns(
     sa.literal_column(
-        "(SELECT coalesce(json_agg(json_build_array(p.id, p.status) ORDER BY p.seq), '[]') "
+        "(SELECT coalesce(json_agg(json_build_array(p.id, "
+        f"{shown_status('p')}) ORDER BY p.seq), '[]') "
         " FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = jobs.id)"
     ).label("dependencies"),
     sa.literal_column(
@@ -285,17 +315,26 @@ def get_job_detail(conn: sa.Connection, job_id: str) -> Any | None:
         return cursor.execute(_JOB_DETAIL_SQL, {"job_id": job_id}).fetchone()
 
 
-# A list page's columns: no payload or result to decode, no lease to join (the summary
-# shows neither), so a page reads 51 index entries and their rows, nothing more.
+# A list page's columns: no payload or result to decode, so a page reads 51 index
+# entries, their rows and their leases (status, attempts and start of a running job).
 _JOB_SUMMARY: sa.Select[Any] = sa.select(
-    *(
-        jobs.c[name]
-        for name in (
+    *_shown(
+        (
             "id", "type", "priority", "status", "attempts", "created_at", "started_at",
             "finished_at", "cpu_units", "memory_mb", "cancel_reason", "last_error",
         )
     )
-)  # fmt: skip
+).select_from(_WITH_LEASE)  # fmt: skip
+
+
+def _status_filter(status: str) -> sa.ColumnElement[bool]:
+    if status == "running":
+        # Few rows, found from the started leases (a backlog of pending rows is not read).
+        started = sa.select(leases.c.job_id).where(leases.c.started_at.is_not(None))
+        return sa.and_(jobs.c.id.in_(started), jobs.c.status.in_(("pending", "running")))
+    if status == "pending":
+        return sa.and_(jobs.c.status == "pending", leases.c.started_at.is_(None))
+    return jobs.c.status == status
 
 
 def list_jobs(
@@ -313,7 +352,7 @@ def list_jobs(
     Rows carry the summary columns only (api.schemas.summary_fields)."""
     query = _JOB_SUMMARY
     if status is not None:
-        query = query.where(jobs.c.status == status)
+        query = query.where(_status_filter(status))
     if type_ is not None:
         query = query.where(jobs.c.type == type_)
     if priority is not None:
@@ -428,7 +467,22 @@ def candidates_ahead(
 
 def count_by_status(conn: sa.Connection) -> dict[str, int]:
     rows = conn.execute(sa.text("SELECT status, count(*) AS n FROM jobs GROUP BY status")).all()
-    return {r.status: int(r.n) for r in rows}
+    return running_on_leases(conn, {r.status: int(r.n) for r in rows})
+
+
+def running_on_leases(conn: sa.Connection, counts: dict[str, int]) -> dict[str, int]:
+    """`counts` by the status of the rows, with the jobs whose row says pending while their
+    lease is started (the claim writes only the lease) counted as running."""
+    moved = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM leases l JOIN jobs j ON j.id = l.job_id "
+            "WHERE l.started_at IS NOT NULL AND j.status = 'pending'"
+        )
+    ).scalar_one()
+    if moved:
+        counts["pending"] = counts.get("pending", 0) - moved
+        counts["running"] = counts.get("running", 0) + moved
+    return counts
 
 
 def ready_depth_by_priority(conn: sa.Connection) -> dict[str, int]:
@@ -503,6 +557,11 @@ def lock_running(conn: sa.Connection, attempts: Sequence[tuple[str, int]]) -> di
         {"ids": list(wanted)},
     ).all()
     return {r.id: r for r in rows if r.status == "running" and r.attempts == wanted[r.id]}
+
+
+def lock_job(conn: sa.Connection, job_id: str) -> None:
+    """Lock the job's row, if it exists, until the end of the transaction."""
+    conn.execute(sa.text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
 
 
 def is_cancel_requested(conn: sa.Connection, job_id: str) -> bool:

@@ -37,6 +37,19 @@ def release_leases(conn: sa.Connection, attempts: Sequence[tuple[str, int | None
     return [Lease(r.job_id, r.attempt, r.cpu_units, r.memory_mb) for r in rows]
 
 
+def lock_lease(conn: sa.Connection, job_id: str) -> None:
+    """Lock the job's lease, if it has one, until the end of the transaction."""
+    conn.execute(sa.text("SELECT 1 FROM leases WHERE job_id = :id FOR UPDATE"), {"id": job_id})
+
+
+# The lease's attempt is the job's running attempt: on the lease alone (the claim leaves
+# the row pending, migration 0016) or written onto the row (`transitions.record_running`).
+RUNS_ITS_ATTEMPT = (
+    "(j.status = 'pending' AND j.attempts = l.attempt - 1 "
+    " OR j.status = 'running' AND j.attempts = l.attempt)"
+)
+
+
 def renew_leases(conn: sa.Connection, worker: str, ttl_seconds: float, now: datetime) -> int:
     """The heartbeat of a worker process: its running attempts' leases live on. A HOT
     update of a few narrow rows (expires_at is in no index). A lease whose attempt has
@@ -46,7 +59,7 @@ def renew_leases(conn: sa.Connection, worker: str, ttl_seconds: float, now: date
         sa.text(
             "UPDATE leases l SET expires_at = :now + :ttl * interval '1 second' "
             "FROM jobs j WHERE l.worker = :worker AND l.started_at IS NOT NULL "
-            "AND j.id = l.job_id AND j.status = 'running' AND j.attempts = l.attempt"
+            f"AND j.id = l.job_id AND {RUNS_ITS_ATTEMPT}"
         ),
         {"now": now, "ttl": ttl_seconds, "worker": worker},
     )

@@ -49,13 +49,17 @@ def worker_stale_after(heartbeat_seconds: float) -> timedelta:
 
 def read_overview(conn: sa.Connection, now: datetime, heartbeat_seconds: float) -> Overview:
     ready = jobs_repo.ready_depth_by_priority(conn)
-    active: dict[str, int] = dict(
-        conn.execute(
-            sa.text(
-                "SELECT status, count(*) FROM jobs WHERE status = ANY(:statuses) GROUP BY status"
-            ),
-            {"statuses": [s.value for s in ACTIVE_STATUSES]},
-        ).all()
+    active: dict[str, int] = jobs_repo.running_on_leases(
+        conn,
+        dict(
+            conn.execute(  # type: ignore[arg-type]
+                sa.text(
+                    "SELECT status, count(*) FROM jobs WHERE status = ANY(:statuses) "
+                    "GROUP BY status"
+                ),
+                {"statuses": [s.value for s in ACTIVE_STATUSES]},
+            ).all()
+        ),
     )
     last_pass = workers_repo.last_maintenance_pass(conn)
     return Overview(

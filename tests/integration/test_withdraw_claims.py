@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import withdraw_unstarted
+from queue_service.repository import jobs as jobs_repo
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch
 from queue_service.worker_batch import ClaimRequest, FlushResult, apply_flush, split_ends
@@ -31,16 +32,16 @@ def _claim(
 
 
 def _state(engine: sa.Engine, job_id: str) -> tuple[Any, ...]:
+    """The job as the product shows it (status, attempts, started), whether its row still
+    has a rank (a claim leaves the row pending, migration 0016), and its lease."""
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                "SELECT j.status, j.attempts, j.started_at IS NULL, j.rank IS NOT NULL, "
-                "  l.attempt, l.started_at IS NULL, l.worker "
-                "FROM jobs j JOIN leases l ON l.job_id = j.id WHERE j.id = :id"
-            ),
+        job = jobs_repo.get_job(conn, job_id)
+        lease = conn.execute(
+            sa.text("SELECT attempt, started_at IS NULL, worker FROM leases WHERE job_id = :id"),
             {"id": job_id},
         ).one()
-    return tuple(row)
+    assert job is not None
+    return (job.status, job.attempts, job.started_at is None, job.rank is not None, *lease)
 
 
 def test_a_withdrawn_claim_is_claimed_again_by_another_worker(
@@ -85,4 +86,4 @@ def test_a_withdrawn_claim_is_claimed_again_by_another_worker(
     # and the redelivered message's claim by worker B succeeds, on the same attempt
     claimed = _claim(engine, settings, "B", ClaimRequest("W1", 1, redelivered=True)).claimed
     assert list(claimed) == [("W1", 1)]
-    assert _state(engine, "W1") == ("running", 1, False, False, 1, False, "B")
+    assert _state(engine, "W1") == ("running", 1, False, True, 1, False, "B")

@@ -13,6 +13,7 @@ from queue_service import transitions
 from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd, finish_attempts
 from queue_service.model import JobStatus
+from queue_service.repository.jobs import shown_status
 from queue_service.retry_policy import AttemptResult
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch
@@ -41,7 +42,8 @@ def _snapshot(engine: sa.Engine, suffix: str) -> dict[str, Any]:
     with engine.connect() as conn:
         jobs = conn.execute(
             sa.text(
-                "SELECT left(id, 1) AS name, status, attempts, remaining_deps, result, "
+                f"SELECT left(id, 1) AS name, {shown_status('jobs')} AS status, attempts, "
+                "  remaining_deps, result, "
                 "  last_error, rank, finished_at IS NOT NULL AS finished, "
                 "  started_at IS NOT NULL AS started, pending_since "
                 "FROM jobs WHERE id LIKE :pattern ORDER BY id"

@@ -75,3 +75,44 @@ def test_updates_that_keep_the_status_do_not_reach_the_check(
 
     # Then it goes through
     assert count == 1
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["lease-unstarted", "lease-started"])
+def test_pending_to_completed_needs_the_attempts_started_lease(
+    clean_state: None, engine: sa.Engine, settings: Settings, started: bool
+) -> None:
+    # Given a pending job holding the lease of its first attempt, started or not (a claim
+    # starts the lease and leaves the row pending, migration 0016)
+    now = datetime.now(UTC)
+    in_transaction(
+        engine, lambda conn: submit_job(conn, settings, JobSpec(job_id="trg_3"), now, admit=False)
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO leases (job_id, attempt, cpu_units, memory_mb, granted_at, "
+                "  published_at, started_at, expires_at, worker) "
+                "VALUES ('trg_3', 1, 1, 1, now(), now(), :started, :expires, 'w')"
+            ),
+            {"started": now if started else None, "expires": now if started else None},
+        )
+
+    # When the row records that attempt's success in one change
+    def complete() -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE jobs SET status = 'completed', attempts = 1, finished_at = now(), "
+                    "rank = NULL, pending_since = NULL WHERE id = 'trg_3'"
+                )
+            )
+
+    # Then the trigger allows it only when the attempt's lease has started (its claim)
+    if started:
+        complete()
+    else:
+        with pytest.raises(sa.exc.IntegrityError, match="cannot move from pending to completed"):
+            complete()
+    with engine.connect() as conn:
+        status = conn.execute(sa.text("SELECT status FROM jobs WHERE id = 'trg_3'")).scalar_one()
+    assert status == ("completed" if started else "pending")

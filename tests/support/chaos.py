@@ -30,6 +30,7 @@ import psycopg
 import sqlalchemy as sa
 from pytest_postgresql.executors import PostgreSQLExecutor
 
+from queue_service.repository.leases import RUNS_ITS_ATTEMPT
 from tests.support.product import API_KEYS, ROOT, api_keys_env, bearer, free_port, wait_until
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -349,8 +350,7 @@ def leases_of_worker(engine: sa.Engine, pid: int) -> list[tuple[str, int]]:
         rows = conn.execute(
             sa.text(
                 "SELECT l.job_id, l.attempt FROM leases l JOIN jobs j ON j.id = l.job_id "
-                "WHERE l.worker LIKE :worker AND j.status = 'running' "
-                "AND j.attempts = l.attempt"
+                f"WHERE l.worker LIKE :worker AND {RUNS_ITS_ATTEMPT}"
             ),
             {"worker": f"%:{pid}"},
         ).all()
