@@ -25,6 +25,7 @@ from queue_service.admission import Candidate
 from queue_service.db import driver_connection
 from queue_service.model import Priority
 from queue_service.repository.events import SUBMITTED_EVENT_COLUMNS, SUBMITTED_EVENT_VALUES
+from queue_service.repository.leases import on_lease_alone
 from queue_service.tables import jobs, leases, metadata
 
 Row = sa.Row[Any]
@@ -241,9 +242,7 @@ def existing_ids(conn: sa.Connection, ids: Sequence[str]) -> set[str]:
 # jobs row (migration 0016): while admitted, `queued_at` is the lease's grant time; while
 # its lease is started, the job is running that attempt, which started then.
 # (Literals, not parameters: GET /jobs/{id} runs this compiled, on the driver.)
-_RUNNING_ON_LEASE = sa.and_(
-    jobs.c.status == sa.literal_column("'pending'"), leases.c.started_at.is_not(None)
-)
+_RUNNING_ON_LEASE = sa.literal_column(on_lease_alone("jobs", "leases"), sa.Boolean)
 _SHOWN_FROM_LEASE: dict[str, sa.ColumnElement[Any]] = {
     "status": sa.case((_RUNNING_ON_LEASE, sa.literal_column("'running'")), else_=jobs.c.status),
     "attempts": sa.case((_RUNNING_ON_LEASE, leases.c.attempt), else_=jobs.c.attempts),
@@ -263,9 +262,8 @@ def _shown(names: Sequence[str]) -> list[sa.ColumnElement[Any]]:
 # The status a job shows, in SQL, for a jobs row aliased `alias` (correlated reads).
 def shown_status(alias: str) -> str:
     return (
-        f"CASE WHEN {alias}.status = 'pending' AND EXISTS (SELECT 1 FROM leases sl "
-        f"WHERE sl.job_id = {alias}.id AND sl.started_at IS NOT NULL) "
-        f"THEN 'running' ELSE {alias}.status END"
+        f"CASE WHEN EXISTS (SELECT 1 FROM leases sl WHERE sl.job_id = {alias}.id "
+        f"AND {on_lease_alone(alias, 'sl')}) THEN 'running' ELSE {alias}.status END"
     )
 
 
@@ -331,9 +329,11 @@ def _status_filter(status: str) -> sa.ColumnElement[bool]:
     if status == "running":
         # Few rows, found from the started leases (a backlog of pending rows is not read).
         started = sa.select(leases.c.job_id).where(leases.c.started_at.is_not(None))
-        return sa.and_(jobs.c.id.in_(started), jobs.c.status.in_(("pending", "running")))
+        return sa.and_(
+            jobs.c.id.in_(started), sa.or_(jobs.c.status == "running", _RUNNING_ON_LEASE)
+        )
     if status == "pending":
-        return sa.and_(jobs.c.status == "pending", leases.c.started_at.is_(None))
+        return sa.and_(jobs.c.status == "pending", sa.not_(_RUNNING_ON_LEASE))
     return jobs.c.status == status
 
 
@@ -475,8 +475,7 @@ def running_on_leases(conn: sa.Connection, counts: dict[str, int]) -> dict[str, 
     lease is started (the claim writes only the lease) counted as running."""
     moved = conn.execute(
         sa.text(
-            "SELECT count(*) FROM leases l JOIN jobs j ON j.id = l.job_id "
-            "WHERE l.started_at IS NOT NULL AND j.status = 'pending'"
+            f"SELECT count(*) FROM leases l JOIN jobs j ON j.id = l.job_id WHERE {on_lease_alone()}"
         )
     ).scalar_one()
     if moved:

@@ -42,12 +42,19 @@ def lock_lease(conn: sa.Connection, job_id: str) -> None:
     conn.execute(sa.text("SELECT 1 FROM leases WHERE job_id = :id FOR UPDATE"), {"id": job_id})
 
 
-# The lease's attempt is the job's running attempt: on the lease alone (the claim leaves
-# the row pending, migration 0016) or written onto the row (`transitions.record_running`).
-RUNS_ITS_ATTEMPT = (
-    "(j.status = 'pending' AND j.attempts = l.attempt - 1 "
-    " OR j.status = 'running' AND j.attempts = l.attempt)"
-)
+def on_lease_alone(job: str = "j", lease: str = "l") -> str:
+    """SQL: the job (alias `job`) runs its lease's attempt (alias `lease`) on the lease
+    alone: the claim started the lease and left the row pending on the attempt before
+    (migration 0016). The one definition of a running job whose row says pending."""
+    return (
+        f"({lease}.started_at IS NOT NULL AND {job}.status = 'pending' "
+        f"AND {job}.attempts = {lease}.attempt - 1)"
+    )
+
+
+# The lease's attempt is the job's running attempt: on the lease alone, or written onto the
+# row (`transitions.record_running`).
+RUNS_ITS_ATTEMPT = f"({on_lease_alone()} OR j.status = 'running' AND j.attempts = l.attempt)"
 
 
 def renew_leases(conn: sa.Connection, worker: str, ttl_seconds: float, now: datetime) -> int:
