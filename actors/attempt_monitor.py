@@ -58,7 +58,7 @@ class Watch:
             if self.finished or self.reason is not None:
                 return
             self.reason = reason
-            self.context.stop_requested.set()
+            self.context.request_stop()
             self.interrupt()
         log.info(
             "attempt_stopping",

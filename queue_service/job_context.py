@@ -110,7 +110,10 @@ class JobContext:
         self.job_id = job_id
         self.attempt = attempt
         self.duration_scale = duration_scale
-        self.stop_requested = threading.Event()
+        self._stop = False
+        # Made when a handler first asks for it: most attempts never do, and an Event
+        # (a Condition and two locks) per attempt showed in a worker's profile.
+        self._stop_event: threading.Event | None = None
         self.logger = JobLogger(self)
         self._sink = sink
         self._flush_interval = flush_interval
@@ -125,7 +128,25 @@ class JobContext:
 
     def should_stop(self) -> bool:
         """True once the attempt was asked to stop (time limit or cancel): return soon."""
-        return self.stop_requested.is_set()
+        return self._stop
+
+    @property
+    def stop_requested(self) -> threading.Event:
+        """Set once the attempt is asked to stop: a threading.Event to wait on."""
+        with self._lock:
+            if self._stop_event is None:
+                self._stop_event = threading.Event()
+                if self._stop:
+                    self._stop_event.set()
+            return self._stop_event
+
+    def request_stop(self) -> None:
+        """Ask the handler to stop (the attempt monitor: time limit or cancel)."""
+        with self._lock:
+            self._stop = True
+            event = self._stop_event
+        if event is not None:
+            event.set()
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report how far the job is, 0.0 to 1.0 (clamped), with an optional message."""

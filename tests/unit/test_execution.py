@@ -7,6 +7,7 @@ sockets keeps them on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 import time
@@ -14,8 +15,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from actors.execution import MAX_RESULT_BYTES, AttemptReport, run_attempt
+from actors.execution import (
+    MAX_RESULT_BYTES,
+    AttemptReport,
+    ResultRejected,
+    run_attempt,
+    storable_result,
+)
 from queue_service.job_context import JobContext
 from queue_service.job_types import (
     JobType,
@@ -393,3 +402,35 @@ def test_log_lines_are_flushed_in_batches_while_the_attempt_runs(register: Any) 
     # each batch also carries the latest progress, if there was any since the last one
     assert sum(batches) - sum(lines) <= len(batches)
     assert 2 <= len(batches) <= 6
+
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.none()
+    | _scalars
+    | st.dictionaries(st.text(max_size=300), _scalars, max_size=20)
+    | st.lists(_scalars, max_size=5)
+)
+def test_a_flat_result_skips_the_checks_but_is_stored_as_they_would_store_it(value: Any) -> None:
+    # Given any small value: the fast path (a flat dict of scalars) or the full checks
+    # Then the stored value is what JSON gives back, or the value is rejected, as the
+    # full checks decide
+    try:
+        expected: Any = json.loads(json.dumps(value, allow_nan=False))
+        too_big = len(json.dumps(value, allow_nan=False).encode()) > MAX_RESULT_BYTES
+    except ValueError:  # NaN or an infinity
+        expected, too_big = ResultRejected, False
+    if too_big:
+        expected = ResultRejected
+    try:
+        stored: Any = storable_result(value)
+    except ResultRejected:
+        stored = ResultRejected
+    assert stored == expected or (stored is not ResultRejected and _same_json(stored, expected))
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
