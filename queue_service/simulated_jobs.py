@@ -7,7 +7,8 @@ payload keys `duration_seconds`, `fail_times`, `error` and `retryable_error`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from queue_service.job_context import JobContext
@@ -16,16 +17,10 @@ from queue_service.job_types import NonRetryableJobError, RetryableJobError, job
 
 def simulated(
     default_duration: float,
-) -> Callable[[Mapping[str, Any], JobContext], dict[str, Any]]:
-    """A handler that sleeps for its duration and honours the failure-injection keys.
+) -> Callable[[Mapping[str, Any], JobContext], Awaitable[dict[str, Any]]]:
+    """A handler that sleeps for its duration and honours the failure-injection keys."""
 
-    A sync handler, as a no-op is in plain Dramatiq or Celery: an async one took every
-    attempt, even one that sleeps for nothing, through a pass of the thread's event loop
-    (about a tenth of a worker's Python time per no-op job, py-spy). It sleeps on the
-    attempt's stop event, so a time limit or a cancel ends the sleep at once.
-    """
-
-    def handle(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
+    async def handle(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
         if "error" in payload:
             raise NonRetryableJobError(str(payload["error"]))
         if "retryable_error" in payload:
@@ -37,8 +32,8 @@ def simulated(
             duration = float(payload["duration_seconds"])  # exact, not scaled
         else:
             duration = default_duration * ctx.duration_scale
-        if duration > 0:
-            ctx.stop_requested.wait(duration)
+        if duration > 0:  # a no-op returns without a pass through the event loop
+            await asyncio.sleep(duration)
         return {"slept_seconds": duration}
 
     return handle

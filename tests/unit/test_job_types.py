@@ -201,5 +201,5 @@ def test_the_simulated_types_are_an_ordinary_job_module() -> None:
     # Given the default TASKQ_JOB_MODULES (loaded by the test session as by the processes)
     # Then the simulated types are registered like any other
     noop = get_job_type("noop")
-    assert noop is not None and not noop.is_async  # a sync handler, as a plain no-op
+    assert noop is not None and noop.is_async
     assert noop.handler.__module__ == "queue_service.simulated_jobs"
