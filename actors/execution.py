@@ -245,6 +245,8 @@ def _report(job_type: JobType, outcome: _Outcome, timeout_seconds: float) -> Att
 # escaped (6 bytes each).
 _FLAT_MAX_ENTRIES = 16
 _FLAT_MAX_STRING = 256
+# Key and value of every entry at their longest, escaped, plus room for the punctuation.
+assert _FLAT_MAX_ENTRIES * (2 * _FLAT_MAX_STRING * 6 + 64) <= MAX_RESULT_BYTES
 
 
 def _flat_json(value: Any) -> bool:
