@@ -10,7 +10,9 @@ no-op throughput (bench/compare_services.POOL_CPU_UNITS). In one run:
 2. max rate: `--probe-jobs` no-op jobs submitted at once; rate = jobs / (last finished_at
    - first started_at) (reported; a burst drains with bigger flushes than steady arrivals);
 3. sustained rate: the background submitter (a batch every 0.1 s) offers 1.5 x that rate
-   for 5 + `--sustain-seconds` s; completions per second over the last `--sustain-seconds`;
+   for 5 + `--sustain-seconds` s; completions per second over the last `--sustain-seconds`.
+   The tens of thousands of dead rows it leaves stay for the next phase, left to autovacuum
+   as in production (`--vacuum` vacuums them first, as this script did before);
 4. half load: the background submitter posts no-op jobs at half the sustained rate while
    `--chains` chains are submitted one every `--chain-interval` seconds.
 
@@ -179,9 +181,10 @@ def sustained_rate(
     if background.error is not None:
         raise RuntimeError("sustained-rate submitter failed") from background.error
     wait_until(lambda: count_unfinished(db) == 0, args.timeout, 0.5, "the sustained probe")
-    # The probe leaves tens of thousands of dead rows and index entries behind; vacuum
-    # them now rather than let autovacuum do it in the middle of the measurement.
-    db.execute("VACUUM (ANALYZE) jobs, leases, job_events, resource_pool")
+    if args.vacuum:
+        # The probe leaves tens of thousands of dead rows and index entries behind: by
+        # default they stay, as they would in production, left to autovacuum.
+        db.execute("VACUUM (ANALYZE) jobs, leases, job_events, resource_pool")
     return rate
 
 
@@ -241,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["load"].append(os.getloadavg()[0])
     result["length"] = args.length
     result["probe_jobs"] = args.probe_jobs
+    result["vacuum"] = args.vacuum
     return result
 
 
@@ -261,8 +265,14 @@ def markdown(r: dict[str, Any]) -> str:
             f"No-op rates measured in the same run: {r['max_rate']} jobs/s draining a burst "
             f"of {r['probe_jobs']:,} jobs submitted at once, {r['sustained_rate']} jobs/s "
             "sustained while jobs arrive as the background sends them (offered at 1.5 x the "
-            "burst rate, completions over the probe's last seconds). Half load = half the "
-            "sustained rate: "
+            "burst rate, completions over the probe's last seconds); "
+            + (
+                "the tables were vacuumed after that probe (`--vacuum`). "
+                if r["vacuum"]
+                else "the dead rows the probe left were not vacuumed (left to autovacuum, as "
+                "in production). "
+            )
+            + "Half load = half the sustained rate: "
             f"background no-op jobs submitted at {bg['submitted_rate']} jobs/s (target "
             f"{bg['target_rate']}), completed at {bg['completed_rate']} jobs/s over "
             f"{bg['seconds']:.0f} s. Target p50 <= 20 ms and p99 <= 100 ms at half load: "
@@ -290,6 +300,11 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per phase")
     parser.add_argument("--keep", action="store_true", help="keep database and vhost")
+    parser.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="VACUUM the tables after the sustained probe (by default its garbage stays)",
+    )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()
     result = run(args)
