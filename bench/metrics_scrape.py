@@ -7,7 +7,10 @@ the rest finished history. Then, round-robin over the sizes, `--runs` times each
 
 - scrape: what GET /metrics renders (api/routes/metrics.py): the shared-state collector
   reading PostgreSQL plus this process's counters, rendered to the text format;
-- for contrast, `jobs.count_by_status` (GET /stats today): count(*) over every row.
+- for contrast, a count(*) of every row by status (what GET /stats did before it counted
+  finished jobs within a time budget);
+- GET /stats's counts by status (`stats.count_by_status`): unfinished jobs counted, each
+  finished status counted while its 250 ms budget lasts, else estimated (which are named).
 
 Reports medians and the ratio of the largest size to the smallest (the scrape must not
 grow with the table).
@@ -37,8 +40,10 @@ sys.path.insert(0, str(ROOT))
 from api.routes.metrics import _SharedStateCollector  # noqa: E402
 from bench import admission as loader  # noqa: E402
 from queue_service import metrics  # noqa: E402
-from queue_service.repository import jobs as jobs_repo  # noqa: E402
+from queue_service.repository import stats as stats_repo  # noqa: E402
 from queue_service.settings import Settings  # noqa: E402
+
+FULL_COUNT = "SELECT status, count(*) FROM jobs GROUP BY status"
 
 # Databases of their own, so this never touches the admission benchmark's.
 loader.PREFIX = "taskq_scrapebench"
@@ -64,6 +69,7 @@ def run(sizes: list[int], pending: int, runs: int, keep: bool) -> dict[str, Any]
             engines[size] = sa.create_engine(loader.sa_url(size), pool_size=2)
         scrape: dict[int, list[float]] = {s: [] for s in sizes}
         counts: dict[int, list[float]] = {s: [] for s in sizes}
+        stats_counts: dict[int, list[float]] = {s: [] for s in sizes}
         for _ in range(3):  # rounds, so that load from other processes hits sizes alike
             for size in sizes:
                 state = SimpleNamespace(settings=settings, engine=engines[size])
@@ -72,12 +78,20 @@ def run(sizes: list[int], pending: int, runs: int, keep: bool) -> dict[str, Any]
 
                 def count(engine: sa.Engine = engines[size]) -> None:
                     with engine.connect() as conn:
-                        jobs_repo.count_by_status(conn)
+                        conn.execute(sa.text(FULL_COUNT)).all()
 
                 counts[size].append(timed(count, max(runs // 10, 3)))
+
+                def stats_count(engine: sa.Engine = engines[size], size: int = size) -> None:
+                    with engine.connect() as conn:
+                        estimated = stats_repo.count_by_status(conn).estimated
+                    results[size]["stats_estimated"] = estimated
+
+                stats_counts[size].append(timed(stats_count, max(runs // 10, 3)))
         for size in sizes:
             results[size]["scrape_ms"] = round(statistics.median(scrape[size]), 2)
             results[size]["count_by_status_ms"] = round(statistics.median(counts[size]), 1)
+            results[size]["stats_count_ms"] = round(statistics.median(stats_counts[size]), 1)
     finally:
         for engine in engines.values():
             engine.dispose()

@@ -465,11 +465,6 @@ def candidates_ahead(
     return [_candidate(r) for r in rows]
 
 
-def count_by_status(conn: sa.Connection) -> dict[str, int]:
-    rows = conn.execute(sa.text("SELECT status, count(*) AS n FROM jobs GROUP BY status")).all()
-    return running_on_leases(conn, {r.status: int(r.n) for r in rows})
-
-
 def running_on_leases(conn: sa.Connection, counts: dict[str, int]) -> dict[str, int]:
     """`counts` by the status of the rows, with the jobs whose row says pending while their
     lease is started (the claim writes only the lease) counted as running."""

@@ -478,6 +478,7 @@ def test_stats_report_counts_depth_tokens_throughput_and_timings(product: Produc
     assert set(stats["jobs_by_status"]) == STATUSES
     assert stats["jobs_by_status"]["completed"] == 2
     assert stats["jobs_by_status"]["pending"] == 1
+    assert stats["jobs_by_status_estimated"] == []  # a small table: every count exact
     assert stats["queue_depth_by_priority"] == {"critical": 0, "high": 1, "normal": 0, "low": 0}
     cpu = stats["tokens"]["cpu_units"]
     memory = stats["tokens"]["memory_mb"]
