@@ -19,6 +19,15 @@ from dramatiq.middleware import MiddlewareError
 from queue_service import names
 from queue_service.settings import Settings
 
+# Job messages are transient (AMQP delivery mode 1): RabbitMQ keeps them in memory and
+# writes none to disk. PostgreSQL holds every admitted attempt (its lease), and maintenance
+# publishes again an attempt no worker claimed within `republish_after_seconds`, so a
+# message lost with a broker restart delays its job and loses nothing. Persistent, each
+# message went through RabbitMQ's message store: about 40 % of its CPU per no-op job
+# (evaluation_results.md, "Twelfth round"). At most the token pool's capacity of them
+# wait in the queue at once. Dead letters published by maintenance stay persistent.
+JOB_MESSAGE_DELIVERY_MODE = 1
+
 
 class TaskQueueBroker(RabbitmqBroker):
     """Dramatiq's RabbitMQ broker, but dead messages go to `taskq.dead-letter`.
@@ -59,7 +68,8 @@ class TaskQueueBroker(RabbitmqBroker):
         was the most of a worker's publishing time. Here pika's channel implementation
         queues every frame first, then one flush (what `basic_publish` runs after each
         message) sends them. No enqueue middleware runs: none of the product's stacks has
-        any (`build_broker`). With publisher confirms on, it falls back to `enqueue`.
+        any (`build_broker`). With publisher confirms on, it falls back to `enqueue` (Dramatiq's,
+        persistent messages).
         """
         if self.confirm_delivery:
             for message in messages:
@@ -77,7 +87,8 @@ class TaskQueueBroker(RabbitmqBroker):
                         routing_key=message.queue_name,
                         body=message.encode(),
                         properties=pika.BasicProperties(
-                            delivery_mode=2, priority=message.options.get("broker_priority")
+                            delivery_mode=JOB_MESSAGE_DELIVERY_MODE,
+                            priority=message.options.get("broker_priority"),
                         ),
                     )
                 channel._flush_output()

@@ -2,11 +2,13 @@
 
 Replaying or discarding a dead letter resolves its row; the message itself stays in
 `taskq.dead-letters` until this compaction (run by the periodic maintenance sweep) drops
-the messages whose dead letter is resolved. Messages still open are put back in order.
+the messages whose dead letter is resolved. Messages still open are put back in order, and
+an open dead letter whose message a broker restart took is published again.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -14,8 +16,13 @@ import sqlalchemy as sa
 
 from queue_service import names
 from queue_service.logging import get_logger
+from queue_service.rabbitmq.publishing import publish_dead_letter
+from queue_service.repository import dead_letters as dead_letters_repo
 
 log = get_logger(__name__)
+
+# An open dead letter without a message in the queue gets one again after this long.
+RESTORE_AFTER = timedelta(minutes=1)
 
 
 def _job_attempt(body: bytes) -> tuple[str, int] | None:
@@ -28,9 +35,17 @@ def _job_attempt(body: bytes) -> tuple[str, int] | None:
 
 
 def compact_dead_letter_queue(
-    engine: sa.Engine, broker: dramatiq.Broker, max_messages: int = 10_000
+    engine: sa.Engine,
+    broker: dramatiq.Broker,
+    max_messages: int = 10_000,
+    now: datetime | None = None,
 ) -> int:
-    """Drop dead messages whose dead letter was replayed or discarded; returns how many."""
+    """Drop dead messages whose dead letter was replayed or discarded; returns how many.
+
+    When the whole queue was read, an open dead letter older than `RESTORE_AFTER` with no
+    message in it gets one again (`publish_dead_letter`): job messages are transient
+    (broker.JOB_MESSAGE_DELIVERY_MODE), and so is what RabbitMQ dead-letters from them, so a
+    broker restart empties the queue of those; the table keeps every dead letter."""
     channel: Any = broker.channel  # type: ignore[attr-defined]
     broker.declare_queue(names.JOBS_QUEUE, ensure=True)  # type: ignore[call-arg]
     fetched: list[tuple[int, tuple[str, int] | None]] = []
@@ -39,8 +54,7 @@ def compact_dead_letter_queue(
         if method is None:
             break
         fetched.append((method.delivery_tag, _job_attempt(body)))
-    if not fetched:
-        return 0
+    whole_queue = len(fetched) < max_messages
     keys = {key for _, key in fetched if key is not None}
     with engine.connect() as conn:
         rows = conn.execute(
@@ -50,6 +64,18 @@ def compact_dead_letter_queue(
             ),
             {"ids": sorted({job_id for job_id, _ in keys})},
         ).all()
+        # Older than RESTORE_AFTER: a worker's rejected message may still be on its way.
+        missing = (
+            [
+                letter
+                for letter in dead_letters_repo.open_before(
+                    conn, (now or datetime.now(UTC)) - RESTORE_AFTER, max_messages
+                )
+                if (letter.job_id, letter.attempts) not in keys
+            ]
+            if whole_queue
+            else []
+        )
     still_open = {(r.job_id, r.attempts) for r in rows}
     dropped = 0
     for tag, key in fetched:
@@ -57,7 +83,17 @@ def compact_dead_letter_queue(
             channel.basic_ack(tag)
             dropped += 1
     # Unacknowledged messages go back to the queue in their original order.
-    channel.basic_recover(requeue=True)
-    if dropped:
-        log.info("dead_letter_queue_compacted", dropped=dropped, kept=len(fetched) - dropped)
+    if fetched:
+        channel.basic_recover(requeue=True)
+    for letter in missing:
+        publish_dead_letter(
+            broker, letter.job_id, letter.attempts, letter.reason, letter.last_error
+        )
+    if dropped or missing:
+        log.info(
+            "dead_letter_queue_compacted",
+            dropped=dropped,
+            kept=len(fetched) - dropped,
+            restored=len(missing),
+        )
     return dropped

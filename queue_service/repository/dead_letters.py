@@ -8,6 +8,7 @@ are recorded here, in the same transaction that fails the job.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +53,31 @@ def list_open(conn: sa.Connection, *, after_id: int | None, limit: int) -> Seque
     if after_id is not None:
         query = query.where(dead_letters.c.id < after_id)
     return conn.execute(query.order_by(dead_letters.c.id.desc()).limit(limit)).all()
+
+
+@dataclass(frozen=True)
+class OpenLetter:
+    job_id: str
+    attempts: int
+    reason: str
+    last_error: str | None
+
+
+def open_before(conn: sa.Connection, died_before: datetime, limit: int) -> list[OpenLetter]:
+    """Unresolved dead letters that died before `died_before`, oldest first
+    (ix_dead_letters_open, in id order, which is the order they died in)."""
+    rows = conn.execute(
+        sa.select(
+            dead_letters.c.job_id,
+            dead_letters.c.attempts,
+            dead_letters.c.reason,
+            dead_letters.c.last_error,
+        )
+        .where(dead_letters.c.resolved_at.is_(None), dead_letters.c.died_at < died_before)
+        .order_by(dead_letters.c.id)
+        .limit(limit)
+    ).all()
+    return [OpenLetter(*row) for row in rows]
 
 
 def get(conn: sa.Connection, dead_letter_id: int) -> Row | None:

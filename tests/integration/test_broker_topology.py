@@ -17,7 +17,11 @@ from pytest_rabbitmq.factories.executor import RabbitMqExecutor
 
 from queue_service import names
 from queue_service.model import Admitted, Priority
-from queue_service.rabbitmq.broker import TaskQueueBroker, build_broker
+from queue_service.rabbitmq.broker import (
+    JOB_MESSAGE_DELIVERY_MODE,
+    TaskQueueBroker,
+    build_broker,
+)
 from queue_service.rabbitmq.publishing import publish_admitted
 from queue_service.settings import Settings
 
@@ -171,8 +175,9 @@ def test_admitted_attempts_go_out_in_order_and_survive_a_lost_connection(
     pristine_broker.connection.close()
     assert publish_admitted(pristine_broker, [Admitted("ledger_3", 2, Priority.NORMAL)]) == 1
 
-    # Then all four are on the queue in publication order: persistent job messages that a
-    # Dramatiq worker decodes, with the priority RabbitMQ orders them by
+    # Then all four are on the queue in publication order: transient job messages (the
+    # admitted attempts live in PostgreSQL) that a Dramatiq worker decodes, with the
+    # priority RabbitMQ orders them by
     connection = connect(pristine_node)
     try:
         channel = connection.channel()
@@ -181,7 +186,7 @@ def test_admitted_attempts_go_out_in_order_and_survive_a_lost_connection(
             method, properties, body = channel.basic_get(names.JOBS_QUEUE, auto_ack=True)
             assert method is not None
             assert (properties.delivery_mode, properties.priority) == (
-                2,
+                JOB_MESSAGE_DELIVERY_MODE,
                 Priority.NORMAL.message_priority,
             )
             message = dramatiq.Message.decode(body)

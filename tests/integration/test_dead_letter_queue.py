@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import dramatiq
 import pika
 import sqlalchemy as sa
 
@@ -68,4 +69,38 @@ def test_compaction_keeps_open_letters_and_drops_resolved_ones(
     bodies = _dlq_bodies(settings)
     assert len(bodies) == 1
     assert b"kept_job" in bodies[0]
+    broker.close()
+
+
+def test_compaction_restores_the_message_of_an_open_letter_a_restart_took(
+    clean_state: None, settings: Settings, engine: sa.Engine
+) -> None:
+    # Given two open dead letters and an empty dead-letter queue (job messages are transient,
+    # so a broker restart takes what RabbitMQ dead-lettered from them): one died two minutes
+    # ago, the other just now (its worker's rejected message may still be on its way)
+    now = datetime.now(UTC)
+    broker = build_broker(settings, "taskq-tests restore")
+    with engine.begin() as conn:
+        for job_id, died in (("lost_job", now - timedelta(minutes=2)), ("fresh_job", now)):
+            submit_job(conn, settings, JobSpec(job_id=job_id), now)
+            dead_letters_repo.record_dead_letter(
+                conn,
+                job_id=job_id,
+                type_="noop",
+                reason="retries_exhausted",
+                attempts=3,
+                last_error="boom",
+                message={},
+                now=died,
+            )
+
+    # When the queue is compacted, twice
+    compact_dead_letter_queue(engine, broker, now=now)
+    compact_dead_letter_queue(engine, broker, now=now)
+
+    # Then the old letter has its message again, once, and the fresh one is left alone
+    bodies = _dlq_bodies(settings)
+    assert len(bodies) == 1
+    message = dramatiq.Message.decode(bodies[0])
+    assert tuple(message.args) == ("lost_job", 3)
     broker.close()
