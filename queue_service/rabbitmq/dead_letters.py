@@ -64,19 +64,17 @@ def compact_dead_letter_queue(
             ),
             {"ids": sorted({job_id for job_id, _ in keys})},
         ).all()
-        # Older than RESTORE_AFTER: a worker's rejected message may still be on its way.
-        missing = (
-            [
+        still_open = {(r.job_id, r.attempts) for r in rows}
+        missing: list[dead_letters_repo.OpenLetter] = []
+        # Only when some open letter has no message (the usual sweep reads no more rows);
+        # older than RESTORE_AFTER: a worker's rejected message may still be on its way.
+        if whole_queue and len(still_open & keys) < dead_letters_repo.count_open(conn):
+            died_before = (now or datetime.now(UTC)) - RESTORE_AFTER
+            missing = [
                 letter
-                for letter in dead_letters_repo.open_before(
-                    conn, (now or datetime.now(UTC)) - RESTORE_AFTER, max_messages
-                )
+                for letter in dead_letters_repo.open_before(conn, died_before, max_messages)
                 if (letter.job_id, letter.attempts) not in keys
             ]
-            if whole_queue
-            else []
-        )
-    still_open = {(r.job_id, r.attempts) for r in rows}
     dropped = 0
     for tag, key in fetched:
         if key is not None and key not in still_open:

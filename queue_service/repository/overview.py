@@ -20,6 +20,7 @@ from queue_service.model import JobStatus, Priority
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import pool as pool_repo
+from queue_service.repository import stats as stats_repo
 from queue_service.repository import workers as workers_repo
 
 ACTIVE_STATUSES = (
@@ -49,18 +50,7 @@ def worker_stale_after(heartbeat_seconds: float) -> timedelta:
 
 def read_overview(conn: sa.Connection, now: datetime, heartbeat_seconds: float) -> Overview:
     ready = jobs_repo.ready_depth_by_priority(conn)
-    active: dict[str, int] = jobs_repo.running_on_leases(
-        conn,
-        dict(
-            conn.execute(  # type: ignore[arg-type]
-                sa.text(
-                    "SELECT status, count(*) FROM jobs WHERE status = ANY(:statuses) "
-                    "GROUP BY status"
-                ),
-                {"statuses": [s.value for s in ACTIVE_STATUSES]},
-            ).all()
-        ),
-    )
+    active = stats_repo.count_unfinished(conn)
     last_pass = workers_repo.last_maintenance_pass(conn)
     return Overview(
         pool=pool_repo.read_pool(conn),

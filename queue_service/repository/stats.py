@@ -39,18 +39,24 @@ def count_by_status(
     """Exact counts of unfinished jobs; each finished status counted exactly while the
     budget lasts (the smallest first, by the planner's estimate), else estimated from the
     table's statistics (ANALYZE)."""
-    counts = _counts(conn, _UNFINISHED)
+    counts = count_unfinished(conn)
     guesses = {status: estimated_count(conn, status) for status in _FINISHED}
+    timeout = conn.execute(sa.text("SELECT current_setting('statement_timeout')")).scalar_one()
     deadline = time.monotonic() + finished_budget_ms / 1000
     estimated: list[str] = []
     for status in sorted(_FINISHED, key=guesses.__getitem__):
         left_ms = int((deadline - time.monotonic()) * 1000)
-        exact = _count_within(conn, status, left_ms) if left_ms >= 1 else None
+        exact = _count_within(conn, status, left_ms, timeout) if left_ms >= 1 else None
         if exact is None:
             estimated.append(status)
         counts[status] = guesses[status] if exact is None else exact
-    counts = running_on_leases(conn, counts)
     return StatusCounts({s.value: counts.get(s.value, 0) for s in JobStatus}, sorted(estimated))
+
+
+def count_unfinished(conn: sa.Connection) -> dict[str, int]:
+    """Exact counts of the jobs not yet finished, by status (running: read from the
+    leases); a status without jobs is absent. Bounded by live work, not by history."""
+    return running_on_leases(conn, _counts(conn, _UNFINISHED))
 
 
 def estimated_count(conn: sa.Connection, status: str) -> int:
@@ -63,9 +69,9 @@ def estimated_count(conn: sa.Connection, status: str) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def _count_within(conn: sa.Connection, status: str, budget_ms: int) -> int | None:
-    """The exact count of one status, or None when it takes longer than `budget_ms`."""
-    timeout = conn.execute(sa.text("SELECT current_setting('statement_timeout')")).scalar_one()
+def _count_within(conn: sa.Connection, status: str, budget_ms: int, timeout: str) -> int | None:
+    """The exact count of one status, or None when it takes longer than `budget_ms`
+    (`timeout`: the connection's own statement_timeout, put back after the count)."""
     try:
         # A savepoint: the cancelled count leaves the connection's transaction usable, and
         # its rollback takes the local timeout back with it (on success it is put back).

@@ -11,6 +11,7 @@ from queue_service.maintenance import purge_finished_jobs
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_job
+from tests.support.job_rows import complete_by_hand
 
 
 def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
@@ -34,18 +35,7 @@ def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
         finished = {"old_done": now - timedelta(days=40), "old_dead": now - timedelta(days=40)}
         finished["recent_done"] = now - timedelta(hours=1)
         for job_id, at in finished.items():
-            # pending -> running -> completed: PostgreSQL refuses a shortcut
-            conn.execute(
-                sa.text(
-                    "UPDATE jobs SET status = 'running', attempts = 1, started_at = :at, "
-                    "rank = NULL, pending_since = NULL WHERE id = :id"
-                ),
-                {"at": at, "id": job_id},
-            )
-            conn.execute(
-                sa.text("UPDATE jobs SET status = 'completed', finished_at = :at WHERE id = :id"),
-                {"at": at, "id": job_id},
-            )
+            complete_by_hand(conn, job_id, at)
         conn.execute(sa.text("DELETE FROM leases"))
         dead_letters_repo.record_dead_letter(
             conn,

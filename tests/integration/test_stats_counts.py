@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from queue_service.repository import stats as stats_repo
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_job
+from tests.support.job_rows import complete_by_hand
 
 
 def _two_completed_one_waiting(engine: sa.Engine, settings: Settings) -> None:
@@ -20,18 +21,7 @@ def _two_completed_one_waiting(engine: sa.Engine, settings: Settings) -> None:
             submit_job(conn, settings, JobSpec(job_id=job_id), now)
         conn.execute(sa.text("DELETE FROM leases"))  # nothing runs: the rows are moved here
         for job_id in ("done_1", "done_2"):
-            # pending -> running -> completed: PostgreSQL refuses a shortcut
-            conn.execute(
-                sa.text(
-                    "UPDATE jobs SET status = 'running', attempts = 1, started_at = :at, "
-                    "rank = NULL, pending_since = NULL WHERE id = :id"
-                ),
-                {"at": now, "id": job_id},
-            )
-            conn.execute(
-                sa.text("UPDATE jobs SET status = 'completed', finished_at = :at WHERE id = :id"),
-                {"at": now, "id": job_id},
-            )
+            complete_by_hand(conn, job_id, now)
         conn.execute(sa.text("ANALYZE jobs"))
 
 
