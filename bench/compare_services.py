@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,12 +112,25 @@ def ours_env(api_key: str) -> dict[str, str]:
     }
 
 
+def recreate_database(name: str, template: str | None = None) -> None:
+    """Drop database `name` (its connections closed) and create it again, empty or as a
+    copy of `template`. Names are quoted: a prefix such as `full` is an SQL keyword."""
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        drop_database(conn, name)
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
+        conn.execute(create)
+
+
+def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def migrate_template() -> None:
     """Migrate a template database once (alembic, as scripts/setup.sh does); each run of
     ours starts from a copy of it."""
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    recreate_database(TEMPLATE_DB)
     env = {
         **os.environ,
         "TASKQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEMPLATE_DB}",
@@ -132,15 +146,13 @@ def migrate_template() -> None:
 
 
 def fresh_database() -> None:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {OURS_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {OURS_DB} TEMPLATE {TEMPLATE_DB}")
+    recreate_database(OURS_DB, template=TEMPLATE_DB)
 
 
 def drop_databases() -> None:
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         for name in (OURS_DB, TEMPLATE_DB):
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            drop_database(conn, name)
 
 
 def start_ours(api_key: str, log_dir: Path, processes: int, workers: bool = True) -> Product:

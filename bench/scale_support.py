@@ -17,7 +17,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare_services import reset_vhost  # noqa: E402
+from bench.compare_services import drop_database, recreate_database, reset_vhost  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -38,9 +38,7 @@ def product_env(name: str, extra: Mapping[str, str] = ()) -> dict[str, str]:  # 
 
 def fresh_services(name: str) -> dict[str, str]:
     """Drop and recreate database and vhost `name`, migrate (alembic, as setup.sh does)."""
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
+    recreate_database(name)
     reset_vhost(name)
     env = product_env(name)
     subprocess.run(
@@ -55,7 +53,7 @@ def fresh_services(name: str) -> dict[str, str]:
 
 def drop_services(name: str) -> None:
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(conn, name)
     import httpx
 
     with httpx.Client(base_url="http://127.0.0.1:15672", auth=("guest", "guest")) as mq:

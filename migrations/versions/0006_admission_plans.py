@@ -20,11 +20,9 @@ Revises: 0005
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.revision_files import load_revision
 
 revision = "0006"
 down_revision = "0005"
@@ -32,18 +30,7 @@ branch_labels = None
 depends_on = None
 
 
-def _load_0002() -> ModuleType:
-    """Migration 0002, whose function this one edits (loaded by path: revision files are
-    not an importable package)."""
-    path = Path(__file__).with_name("0002_batched_worker_path.py")
-    spec = importlib.util.spec_from_file_location("taskq_migration_0002", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_0002 = _load_0002()
+_0002 = load_revision("0002_batched_worker_path.py")
 
 OLD_RELOCK = """  SELECT array_agg(s.id) INTO v_still_pending
     FROM (SELECT j.id FROM jobs j

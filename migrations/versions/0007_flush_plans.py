@@ -18,11 +18,9 @@ Revises: 0006
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.revision_files import load_revision
 
 revision = "0007"
 down_revision = "0006"
@@ -30,18 +28,7 @@ branch_labels = None
 depends_on = None
 
 
-def _load(file_name: str) -> ModuleType:
-    """An earlier revision, whose function this one edits (loaded by path: revision files
-    are not an importable package)."""
-    path = Path(__file__).with_name(file_name)
-    spec = importlib.util.spec_from_file_location(f"taskq_migration_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_0004 = _load("0004_worker_flush.py")
+_0004 = load_revision("0004_worker_flush.py")
 
 EDITS = (
     # 1. The ended rows, locked by primary key; a row no longer running stays untouched.

@@ -15,11 +15,9 @@ Revises: 0010
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.revision_files import load_revision
 
 revision = "0011"
 down_revision = "0010"
@@ -35,16 +33,6 @@ END $$
 """
 
 
-def _load(file_name: str) -> ModuleType:
-    """An earlier revision (loaded by path: revision files are not an importable package)."""
-    path = Path(__file__).with_name(file_name)
-    spec = importlib.util.spec_from_file_location(f"taskq_migration_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute("DROP TRIGGER job_events_notify ON job_events")
     op.execute(NOTIFY_FUNCTION)
@@ -55,7 +43,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    previous: str = _load("0002_batched_worker_path.py").NOTIFY_FUNCTION
+    previous: str = load_revision("0002_batched_worker_path.py").NOTIFY_FUNCTION
     op.execute("DROP TRIGGER job_events_notify ON job_events")
     op.execute(previous.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
     op.execute(

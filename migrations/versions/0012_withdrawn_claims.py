@@ -13,26 +13,14 @@ Revises: 0011
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.revision_files import load_revision
 
 revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
-
-
-def _load(file_name: str) -> ModuleType:
-    """An earlier revision (loaded by path: revision files are not an importable package)."""
-    path = Path(__file__).with_name(file_name)
-    spec = importlib.util.spec_from_file_location(f"taskq_migration_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _allowed_function(pairs: tuple[tuple[str, str], ...]) -> str:
@@ -46,9 +34,9 @@ def _allowed_function(pairs: tuple[tuple[str, str], ...]) -> str:
 
 
 def upgrade() -> None:
-    allowed: tuple[tuple[str, str], ...] = _load("0008_status_transitions.py").ALLOWED
+    allowed: tuple[tuple[str, str], ...] = load_revision("0008_status_transitions.py").ALLOWED
     op.execute(_allowed_function((*allowed, ("running", "pending"))))
 
 
 def downgrade() -> None:
-    op.execute(_allowed_function(_load("0008_status_transitions.py").ALLOWED))
+    op.execute(_allowed_function(load_revision("0008_status_transitions.py").ALLOWED))

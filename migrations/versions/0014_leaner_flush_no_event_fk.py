@@ -20,11 +20,9 @@ Revises: 0013
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.revision_files import load_revision
 
 revision = "0014"
 down_revision = "0013"
@@ -32,18 +30,7 @@ branch_labels = None
 depends_on = None
 
 
-def _load(file_name: str) -> ModuleType:
-    """An earlier revision, whose function this one edits (loaded by path: revision files
-    are not an importable package)."""
-    path = Path(__file__).with_name(file_name)
-    spec = importlib.util.spec_from_file_location(f"taskq_migration_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_0013 = _load("0013_flush_takes_one_json.py")
+_0013 = load_revision("0013_flush_takes_one_json.py")
 
 ARGUMENTS = _0013.NEW_ARGUMENTS
 

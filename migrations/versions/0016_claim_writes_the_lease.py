@@ -29,11 +29,9 @@ Revises: 0015
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.revision_files import load_revision
 
 revision = "0016"
 down_revision = "0015"
@@ -41,19 +39,8 @@ branch_labels = None
 depends_on = None
 
 
-def _load(file_name: str) -> ModuleType:
-    """An earlier revision, whose function this one edits (loaded by path: revision files
-    are not an importable package)."""
-    path = Path(__file__).with_name(file_name)
-    spec = importlib.util.spec_from_file_location(f"taskq_migration_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_0014 = _load("0014_leaner_flush_no_event_fk.py")
-_0015 = _load("0015_flush_reads_by_index.py")
+_0014 = load_revision("0014_leaner_flush_no_event_fk.py")
+_0015 = load_revision("0015_flush_reads_by_index.py")
 
 EDITS = (
     (  # the claim: the lease starts; the job row is read, not written
