@@ -146,6 +146,12 @@ def _constraint(error: Exception) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def names_a_taken_job_id(error: Exception) -> bool:
+    """The error says a job id is taken: the domain's check, or the primary key when a
+    concurrent submission of the same id committed first."""
+    return isinstance(error, errors.DuplicateJobId) or _constraint(error) == "jobs_pkey"
+
+
 def _validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
     return [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}

@@ -310,6 +310,41 @@ def _original(conn: sa.Connection, spec: JobSpec) -> sa.Row[Any] | None:
     return existing
 
 
+def original_batch(conn: sa.Connection, specs: Sequence[JobSpec]) -> list[dict[str, Any]] | None:
+    """The stored jobs of a batch sent again (a client's retry after a lost answer), in the
+    batch's order; None when the batch is not such a repeat.
+
+    A repeat names every job by a job id the client chose, each once, and every one of
+    them is stored; a stored job whose submission differs from the one sent again is a
+    conflict (as for POST /jobs), naming those jobs.
+    """
+    ids = [spec.job_id for spec in specs]
+    if any(job_id is None for job_id in ids) or len(set(ids)) != len(ids):
+        return None
+    stored = jobs_repo.submitted_jobs(conn, [job_id for job_id in ids if job_id is not None])
+    if len(stored) != len(ids):
+        return None
+    differing = sorted(
+        spec.job_id
+        for spec in specs
+        if spec.job_id is not None and stored[spec.job_id].request_hash != spec.request_hash()
+    )
+    if differing:
+        raise errors.IdempotencyConflict(
+            "different jobs were already submitted with these job ids",
+            {"job_ids": differing[:20]},
+        )
+    return [
+        {
+            "id": row.id,
+            "status": row.status,
+            "created_at": row.created_at,
+            "priority": row.priority,
+        }
+        for row in (stored[job_id] for job_id in ids if job_id is not None)
+    ]
+
+
 def submit_batch(
     conn: sa.Connection,
     settings: Settings,

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from taskq_client import calls
 from taskq_client.client import DEFAULT_URL, auth_headers, stream_url
-from taskq_client.errors import Conflict, WaitTimeout
+from taskq_client.errors import WaitTimeout
 from taskq_client.models import (
     TERMINAL_STATUSES,
     DeadLetter,
@@ -80,15 +80,7 @@ class AsyncTaskQueueClient:
 
     async def submit_batch(self, jobs: Sequence[Mapping[str, Any]]) -> list[JobAccepted]:
         prepared = calls.prepare_batch(jobs, self.auto_idempotency_keys)
-        try:
-            return await self._send(calls.submit_batch(prepared))
-        except Conflict as error:
-            if not calls.is_repeated_batch(error, prepared):
-                raise
-            stored = [await self.get_job(job["job_id"]) for job in prepared]
-            if not all(calls.same_job(s, j) for s, j in zip(stored, prepared, strict=True)):
-                raise
-            return [calls.accepted_from(job) for job in stored]
+        return await self._send(calls.submit_batch(prepared))
 
     async def get_job(self, job_id: str) -> Job:
         return await self._send(calls.get_job(job_id))

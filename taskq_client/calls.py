@@ -103,40 +103,16 @@ def prepare_batch(jobs: Sequence[Mapping[str, Any]], auto_keys: bool) -> list[di
 
 
 def submit_batch(jobs: Sequence[Mapping[str, Any]]) -> Call[list[JobAccepted]]:
+    """POST /jobs/batch: 201 for a new batch; 200 with the stored jobs when the same batch
+    (the same job ids and bodies) was stored before, e.g. sent again after a lost answer."""
+
     def read(response: httpx.Response) -> list[JobAccepted]:
-        return _ACCEPTED_LIST.validate_python(checked(response).json()["items"])
+        accepted = _ACCEPTED_LIST.validate_python(checked(response).json()["items"])
+        for item in accepted:
+            item.created = response.status_code == 201
+        return accepted
 
     return Call("POST", "/jobs/batch", read, json={"jobs": list(jobs)})
-
-
-def is_repeated_batch(error: Exception, jobs: Sequence[Mapping[str, Any]]) -> bool:
-    """A 409 `duplicate_job_id` naming every job of the batch: it was stored before."""
-    code = getattr(error, "code", None)
-    details = getattr(error, "details", None)
-    if code != "duplicate_job_id" or not isinstance(details, dict):
-        return False
-    return set(details.get("job_ids", ())) == {job["job_id"] for job in jobs}
-
-
-def same_job(stored: Job, sent: Mapping[str, Any]) -> bool:
-    """The stored job is the one `sent` describes (for a repeated batch)."""
-    return (
-        stored.type == sent.get("type", "noop")
-        and stored.priority == sent.get("priority", "normal")
-        and stored.depends_on == list(sent.get("depends_on", []))
-        and stored.payload == sent.get("payload", {})
-    )
-
-
-def accepted_from(job: Job) -> JobAccepted:
-    return JobAccepted(
-        job_id=job.job_id,
-        status=job.status,
-        created_at=job.created_at,
-        priority=job.priority,
-        position_in_queue=None,
-        created=False,
-    )
 
 
 def get_job(job_id: str) -> Call[Job]:

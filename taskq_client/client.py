@@ -16,7 +16,7 @@ import httpx
 from websockets.sync.client import connect
 
 from taskq_client import calls
-from taskq_client.errors import Conflict, WaitTimeout
+from taskq_client.errors import WaitTimeout
 from taskq_client.models import (
     TERMINAL_STATUSES,
     DeadLetter,
@@ -112,15 +112,7 @@ class TaskQueueClient:
         """Submit jobs atomically; `depends_on` may name jobs of the batch in any order.
         Sent again after a lost answer, a batch already stored returns its jobs."""
         prepared = calls.prepare_batch(jobs, self.auto_idempotency_keys)
-        try:
-            return self._send(calls.submit_batch(prepared))
-        except Conflict as error:
-            if not calls.is_repeated_batch(error, prepared):
-                raise
-            stored = [self.get_job(job["job_id"]) for job in prepared]
-            if not all(calls.same_job(s, j) for s, j in zip(stored, prepared, strict=True)):
-                raise
-            return [calls.accepted_from(job) for job in stored]
+        return self._send(calls.submit_batch(prepared))
 
     # --- reading -------------------------------------------------------------------------
 

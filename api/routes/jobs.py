@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import psycopg
 import pydantic_core
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import READ, SUBMIT, AppState, State
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, names_a_taken_job_id
 from api.schemas import (
     MAX_PAYLOAD_BYTES,
     BatchAccepted,
@@ -39,7 +40,7 @@ from queue_service.rabbitmq.publishing import commit_then_publish
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.scheduling import explain_wait
-from queue_service.submission import new_job_id, new_job_ids, submit_batch
+from queue_service.submission import new_job_id, new_job_ids, original_batch, submit_batch
 
 # Submitting needs the submit scope, which includes read: the two POST routes check it
 # alone (one auth dependency per request, not read and then submit), on a router of
@@ -98,11 +99,17 @@ async def create_job(
 _JOB_ACCEPTED_JSON = JobAccepted.__pydantic_serializer__.to_json
 
 
-@submissions.post("/batch", status_code=201, response_model=BatchAccepted)
+@submissions.post(
+    "/batch",
+    status_code=201,
+    response_model=BatchAccepted,
+    responses={200: {"model": BatchAccepted, "description": "the same batch, stored before"}},
+)
 def create_batch(body: BatchCreate, state: State) -> Response:
     """Submit up to 10,000 jobs atomically. `depends_on` may name jobs of the same batch,
     in any order, or existing jobs. A cycle is rejected (422 `dependency_cycle`, naming
-    it) and nothing of the batch is stored."""
+    it) and nothing of the batch is stored. The same batch sent again (every job with the
+    job id it was stored under, and the same body) answers 200 with the stored jobs."""
     for index, job in enumerate(body.jobs):
         _check_payload_size(job, index)
     # Each type's defaults looked up once, the ids drawn together.
@@ -119,12 +126,26 @@ def create_batch(body: BatchCreate, state: State) -> Response:
     def work(conn: sa.Connection) -> tuple[list[dict[str, Any]], list[Admitted]]:
         return submit_batch(conn, state.settings, specs, now, admit=False, drawn_ids=unchosen)
 
-    rows, _ = in_transaction(state.engine, work)
+    try:
+        rows, _ = in_transaction(state.engine, work)
+    except (errors.DuplicateJobId, sa.exc.IntegrityError, psycopg.IntegrityError) as error:
+        if not names_a_taken_job_id(error):
+            raise
+        # A retry of a batch stored before (its answer lost): the stored jobs, not a
+        # conflict. Looked up only now, so a new batch pays nothing for it.
+        originals = in_transaction(state.engine, lambda conn: original_batch(conn, specs))
+        if originals is None:
+            raise
+        return _batch_answer(originals, status_code=200)
     if any(row["status"] == JobStatus.PENDING for row in rows):
         state.submissions.admit_soon()  # after the answer, beside it
     metrics.jobs_submitted(len(rows))
-    # The answer as response_model renders it, straight from the stored rows: no model
-    # built or validated per job (the rows hold what the schema allows).
+    return _batch_answer(rows, status_code=201)
+
+
+def _batch_answer(rows: Sequence[dict[str, Any]], status_code: int) -> Response:
+    """The answer as response_model renders it, straight from the rows: no model built or
+    validated per job (the rows hold what the schema allows)."""
     return Response(
         pydantic_core.to_json(
             {
@@ -140,7 +161,7 @@ def create_batch(body: BatchCreate, state: State) -> Response:
                 ]
             }
         ),
-        status_code=201,
+        status_code=status_code,
         media_type="application/json",
     )
 

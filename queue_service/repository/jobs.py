@@ -276,6 +276,16 @@ def get_job(conn: sa.Connection, job_id: str) -> Row | None:
     return conn.execute(_JOB_WITH_LEASE.where(jobs.c.id == job_id)).first()
 
 
+def submitted_jobs(conn: sa.Connection, ids: Sequence[str]) -> dict[str, Row]:
+    """The stored jobs among `ids` with what a repeated submission is checked against
+    (request_hash) and what its answer shows (status as shown, created_at, priority)."""
+    if not ids:
+        return {}
+    columns = _shown(["id", "request_hash", "status", "created_at", "priority"])
+    query = sa.select(*columns).select_from(_WITH_LEASE).where(jobs.c.id.in_(list(ids)))
+    return {row.id: row for row in conn.execute(query)}
+
+
 # What GET /jobs/{id} shows beside the row, as correlated subqueries of the same statement
 # (one round trip instead of four): the parents with their statuses, the dependents, the
 # latest progress report (ix_job_dependencies_*, ix_job_events_job).

@@ -130,6 +130,36 @@ def test_an_id_that_exists_already_is_a_conflict_and_nothing_is_stored(product: 
     assert _stored_ids(product) == {"taken"}
 
 
+def test_the_same_batch_sent_again_answers_the_stored_jobs(product: Product) -> None:
+    # Given a stored batch (its answer lost, say), the scheduler paused so nothing runs
+    product.http.post("/scheduler/pause")
+    jobs = [{"job_id": "child", "depends_on": ["parent"]}, {"job_id": "parent"}]
+    first = _post_batch(product, jobs)
+    assert first.status_code == 201, first.text
+
+    # When the same batch is sent again
+    again = _post_batch(product, jobs)
+
+    # Then it answers 200 with the stored jobs, in the batch's order, and stores nothing more
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    assert _stored_ids(product) == {"child", "parent"}
+
+
+def test_the_same_ids_with_other_bodies_are_a_conflict_naming_them(product: Product) -> None:
+    # Given a stored batch
+    product.http.post("/scheduler/pause")
+    assert _post_batch(product, [{"job_id": "a"}, {"job_id": "b"}]).status_code == 201
+
+    # When its ids come again, one of them with another body
+    response = _post_batch(product, [{"job_id": "a"}, {"job_id": "b", "priority": "high"}])
+
+    # Then 409 idempotency_conflict names that job, and the stored one is unchanged
+    error = _error(response, 409, "idempotency_conflict")
+    assert error["details"] == {"job_ids": ["b"]}
+    assert product.http.get("/jobs/b").json()["priority"] == "normal"
+
+
 @pytest.mark.parametrize(
     ("jobs", "cycle_members"),
     [

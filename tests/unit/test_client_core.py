@@ -111,18 +111,17 @@ def test_a_batch_gets_ids_and_keys_so_a_resent_batch_is_recognised() -> None:
     assert re.fullmatch(r"job_[0-9a-z]{26}", prepared[0]["job_id"])
     assert prepared[1]["job_id"] == "mine"
     assert all(job["idempotency_key"] for job in prepared)
-    conflict = api_error(
-        409,
-        {
-            "error": {
-                "code": "duplicate_job_id",
-                "message": "",
-                "details": {"job_ids": sorted(j["job_id"] for j in prepared)},
-            }
-        },
-    )
-    assert calls.is_repeated_batch(conflict, prepared)
-    assert not calls.is_repeated_batch(conflict, [*prepared, {"job_id": "other"}])
+
+
+@pytest.mark.parametrize(("status", "created"), [(201, True), (200, False)])
+def test_a_batch_answer_says_whether_the_jobs_are_new(status: int, created: bool) -> None:
+    # Given the api's answer to a batch: 201 stored now, 200 stored before (sent again)
+    item = {"job_id": "j1", "status": "pending", "created_at": "2026-12-07T16:00:00Z"}
+    response = httpx.Response(status, json={"items": [{**item, "priority": "normal"}]})
+
+    # Then every accepted job says so
+    (accepted,) = calls.submit_batch([{"job_id": "j1"}]).read(response)
+    assert (accepted.job_id, accepted.created) == ("j1", created)
 
 
 def test_stream_address_carries_the_filters() -> None:
