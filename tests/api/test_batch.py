@@ -7,6 +7,7 @@ later in the batch and jobs stored before it.
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -133,7 +134,10 @@ def test_an_id_that_exists_already_is_a_conflict_and_nothing_is_stored(product: 
 def test_the_same_batch_sent_again_answers_the_stored_jobs(product: Product) -> None:
     # Given a stored batch (its answer lost, say), the scheduler paused so nothing runs
     product.http.post("/scheduler/pause")
-    jobs = [{"job_id": "child", "depends_on": ["parent"]}, {"job_id": "parent"}]
+    jobs: list[dict[str, Any]] = [
+        {"job_id": "child", "depends_on": ["parent"]},
+        {"job_id": "parent"},
+    ]
     first = _post_batch(product, jobs)
     assert first.status_code == 201, first.text
 
@@ -144,6 +148,22 @@ def test_the_same_batch_sent_again_answers_the_stored_jobs(product: Product) -> 
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
     assert _stored_ids(product) == {"child", "parent"}
+
+
+def test_the_same_batch_sent_twice_at_once_is_stored_once(product: Product) -> None:
+    # Given a batch big enough that two copies of it overlap in PostgreSQL
+    product.http.post("/scheduler/pause")
+    jobs: list[dict[str, Any]] = [{"job_id": f"twice_{n}"} for n in range(2_000)]
+
+    # When two clients send it at the same moment
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: _post_batch(product, jobs), range(2)))
+
+    # Then one stores it (201) and the other gets the stored jobs (200), whichever of the
+    # duplicate checks it met (the ids already read as taken, or the primary key)
+    assert sorted(a.status_code for a in answers) == [200, 201], [a.text[:200] for a in answers]
+    assert answers[0].json() == answers[1].json()
+    assert len(_stored_ids(product)) == 2_000
 
 
 def test_the_same_ids_with_other_bodies_are_a_conflict_naming_them(product: Product) -> None:
