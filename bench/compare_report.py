@@ -67,6 +67,21 @@ def _runs(report: dict[str, Any], system: str, processes: int) -> list[dict[str,
     ]
 
 
+def _paired_ratios(report: dict[str, Any], base: str, processes: int) -> list[float]:
+    """ours / `base` within each repetition that has both drains."""
+    rates = {
+        (r["system"], r["rep"]): r["jobs_per_second"]
+        for system in ("ours", base)
+        for r in _runs(report, system, processes)
+    }
+    reps = sorted({rep for (_, rep) in rates})
+    return [
+        rates[("ours", rep)] / rates[(base, rep)]
+        for rep in reps
+        if rates.get(("ours", rep)) and rates.get((base, rep))
+    ]
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -122,13 +137,24 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
     for system, name in NAMES.items():
         cells = [_rate_cell(_runs(report, system, p)) for p in services.SHAPES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Ratios (medians of the same run):", ""]
+    lines += [
+        "",
+        "Ratios (medians of the same run; in brackets the ratio within each repetition, whose "
+        "phases run back to back, so a machine that drifts in speed moves both sides):",
+        "",
+    ]
     for p in services.SHAPES:
         ours = _median([r["jobs_per_second"] for r in _runs(report, "ours", p)])
         parts = []
         for base in ("dramatiq", "celery"):
             other = _median([r["jobs_per_second"] for r in _runs(report, base, p)])
             ratio = f"{ours / other:.2f}" if ours and other else "-"
+            paired = _paired_ratios(report, base, p)
+            if len(paired) > 1:
+                ratio += (
+                    f" (per repetition: median {statistics.median(paired):.2f}, "
+                    f"{min(paired):.2f}-{max(paired):.2f})"
+                )
             parts.append(f"ours / {NAMES[base].split(' (')[0]} = {ratio}")
         lines.append(f"- {p} x 8: " + ", ".join(parts))
     lines += _cpu_table(report) + _submission_lines(report) + _rate_lines(report)
