@@ -7,10 +7,7 @@ idle, so an idle worker adds no delay), applies them in one flush
 hands what the returned tokens admitted to the publisher thread (rabbitmq/publishing.py),
 and answers the requests of the flush. Under load a flush holds the requests that arrived
 during the previous one, and lingers a few milliseconds for more (`writer_linger_ms`):
-per-job cost falls as load rises. The common flush (claims and successes) goes through a
-libpq pipeline (`worker_batch.FlushPipeline`): while PostgreSQL runs one, the requests
-that arrived meanwhile are already sent as the next, so a flush's commit and wake-ups no
-longer add to every claim's wait; each is answered once committed.
+per-job cost falls as load rises.
 
 A claim waits for its answer (the attempt runs only if the claim committed). A succeeded
 attempt does not: its thread goes on with the next message while the writer records the
@@ -26,18 +23,15 @@ dies (or hangs), and never while it runs them, however long their handler takes.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 
 from queue_service.db import HeldAutocommit, in_transaction
@@ -50,13 +44,7 @@ from queue_service.repository import leases as leases_repo
 from queue_service.repository.jobs import ClaimedAttempt
 from queue_service.retry_policy import AttemptResult, Outcome
 from queue_service.settings import Settings
-from queue_service.worker_batch import (
-    ClaimRequest,
-    FlushPipeline,
-    FlushResult,
-    apply_flush,
-    split_ends,
-)
+from queue_service.worker_batch import ClaimRequest, FlushResult, apply_flush, split_ends
 
 log = get_logger(__name__)
 
@@ -65,9 +53,6 @@ MAX_BATCH = 512
 # A flush this big does not wait for more (settings.writer_linger_ms): beyond it the cost
 # per job barely falls (bench/flush_plans.py).
 WRITER_ENOUGH = 16
-# Flushes sent ahead of their answers (`FlushPipeline`): the next one goes out while
-# PostgreSQL runs the current one.
-PIPELINE_DEPTH = 2
 # A completion that cannot reach PostgreSQL is retried with this backoff (seconds).
 FINISH_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
@@ -93,8 +78,6 @@ class AttemptWriter:
         self._engine = engine
         # The flush's connection in the common case (one statement): held, not checked out.
         self._connection = HeldAutocommit(engine)
-        # The common flush's connection, in libpq's pipeline mode (opened on first use).
-        self._pipeline: FlushPipeline | None = None
         self._settings = settings
         self._publisher = AdmittedPublisher(broker)
         self._worker = worker
@@ -203,105 +186,35 @@ class AttemptWriter:
 
     def _run(self) -> None:
         next_heartbeat = time.monotonic()
-        in_flight: deque[list[_Request]] = deque()  # batches sent, oldest first
         stopping = False
-        while True:
-            if time.monotonic() >= next_heartbeat:
+        while not stopping:
+            now = time.monotonic()
+            if now >= next_heartbeat:
                 self._heartbeat()
                 next_heartbeat = time.monotonic() + self._settings.heartbeat_seconds
-            if len(in_flight) < PIPELINE_DEPTH and not stopping:
-                # With a flush in flight, only what is waiting now: its answer comes first.
-                batch, stopping = self._take(wait=not in_flight, until=next_heartbeat)
-                if batch and self._send(batch):
-                    in_flight.append(batch)
-                    continue
-                if batch:  # barriers and failed attempts: the transaction path, in order
-                    while in_flight:
-                        self._receive(in_flight.popleft())
-                    self._flush(batch)
-                    continue
-            if in_flight:
-                self._receive(in_flight.popleft())
-                continue
-            if stopping:
-                break
-        self._close_pipeline()
-        self._connection.close()
-
-    def _take(self, wait: bool, until: float) -> tuple[list[_Request], bool]:
-        """The next batch: ends due for a retry and the requests waiting; with `wait`, it
-        blocks for a first request until `until` (or a retry's time) and lingers as
-        `_collect` says. True when a stop request came."""
-        batch = self._due_retries(time.monotonic())
-        until = min([until, *(due for due, _ in self._retries)])
-        try:
-            if wait and not batch:
-                first = self._requests.get(timeout=max(0.0, until - time.monotonic()))
-            else:
-                first = self._requests.get_nowait()
-        except queue.Empty:
-            return batch, False
-        if first is _STOP:
-            return batch, True
-        batch.append(first)
-        if wait:
-            return batch, self._collect(batch)
-        while len(batch) < MAX_BATCH:
+            batch = self._due_retries(now)
+            wait_until = min([next_heartbeat, *(due for due, _ in self._retries)])
             try:
-                following = self._requests.get_nowait()
+                if batch:
+                    first = self._requests.get_nowait()
+                else:
+                    first = self._requests.get(timeout=max(0.0, wait_until - time.monotonic()))
             except queue.Empty:
-                break
-            if following is _STOP:
-                return batch, True
-            batch.append(following)
-        return batch, False
-
-    def _send(self, batch: list[_Request]) -> bool:
-        """Send `batch` down the pipeline when it is the common flush (claims and
-        successes only); False leaves it to the transaction path (`_flush`)."""
-        claims = [r.item for r in batch if isinstance(r.item, ClaimRequest)]
-        ends = split_ends([r.item for r in batch if isinstance(r.item, AttemptEnd)])
-        if any(r.item is None for r in batch) or ends.others:
-            return False
-        try:
-            if self._pipeline is None:
-                conninfo = self._engine.url.set(drivername="postgresql").render_as_string(
-                    hide_password=False
-                )
-                self._pipeline = FlushPipeline(conninfo, self._settings, self._worker)
-            self._pipeline.send(claims, ends, datetime.now(UTC))
-        except Exception as error:  # PostgreSQL away: the transaction path retries
-            log.warning("flush_pipeline_unavailable", error=type(error).__name__)
-            self._close_pipeline()
-            return False
-        return True
-
-    def _receive(self, batch: list[_Request]) -> None:
-        """Answer the oldest batch sent, once its flush committed. A flush that failed,
-        or whose answer was lost with the connection, goes through `_flush` (which isolates
-        a bad item, and whose statements are guarded: a flush applied twice changes
-        nothing the second time)."""
-        try:
-            if self._pipeline is None:
-                raise ConnectionError("the pipeline was closed")
-            result = self._pipeline.receive()
-        except Exception as error:
-            log.warning("flush_pipeline_failed", size=len(batch), error=type(error).__name__)
-            if not isinstance(error, psycopg.DatabaseError) or isinstance(
-                error, psycopg.OperationalError
-            ):
-                self._close_pipeline()  # lost: the batches after it are retried too
-            self._flush(batch)
-            return
-        self._publisher.publish(result.admitted)
-        for request in batch:
-            self._answer(request, result)
-
-    def _close_pipeline(self) -> None:
-        if self._pipeline is not None:
-            with contextlib.suppress(Exception):  # a broken connection: nothing to keep
-                self._pipeline.close()
-            self._pipeline = None
+                first = None
+            if first is _STOP:
+                stopping = True
+            elif first is not None:
+                batch.append(first)
+                stopping = self._collect(batch)
+            if not batch:
+                continue
+            try:
+                self._flush(batch)
+            except Exception as error:  # never let the thread die: every thread waits on it
+                log.exception("writer_flush_failed", size=len(batch))
+                for request in batch:
+                    self._fail(request, error)
+        self._connection.close()
 
     def _collect(self, batch: list[_Request]) -> bool:
         """Add the waiting requests to `batch`; True when a stop request came among them.

@@ -9,23 +9,17 @@ retry decision, dead letters and cascades stay in Python, and they are rare.
 
 `split_ends` tells the caller whether the flush is that one statement (no `others`: it can
 run in autocommit, one round trip and one durable commit) or needs a transaction around it.
-The writer sends that one statement through `FlushPipeline`, up to two flushes ahead of
-their answers; `apply_flush` is the transaction path (failed attempts, a failed pipeline).
 """
 
 from __future__ import annotations
 
 import json
-import select
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
-from psycopg import pq
-from psycopg.adapt import Transformer
 
 from queue_service.db import execute_in_driver
 from queue_service.lifecycle import AttemptEnd, finish_attempts, storable
@@ -101,29 +95,6 @@ def apply_flush(
         )
         result.outcomes.update(finished.outcomes)
         releases = finished.releases
-    rows = execute_in_driver(
-        conn,
-        _FLUSH,
-        {
-            "now": now,
-            "worker": worker,
-            "ttl": settings.lease_ttl_seconds,
-            "aging": settings.aging_seconds_per_level,
-            "window": settings.admission_window,
-            "starvation": settings.starvation_seconds,
-            "items": _items_json(claims, succeeded, releases),
-        },
-    )
-    _read_rows(rows, result)
-    return result
-
-
-def _items_json(
-    claims: Sequence[ClaimRequest],
-    succeeded: Sequence[tuple[AttemptEnd, str | None]],
-    releases: Sequence[tuple[str, int | None]] = (),
-) -> str:
-    """The flush's items as its one JSON parameter (migration 0013)."""
     items = {
         "claim_jobs": [c.job_id for c in claims],
         "claim_attempts": [c.attempt for c in claims],
@@ -135,11 +106,19 @@ def _items_json(
         "release_jobs": [job_id for job_id, _ in releases],
         "release_attempts": [attempt for _, attempt in releases],
     }
-    return json.dumps(items, separators=(",", ":"))
-
-
-def _read_rows(rows: Sequence[Sequence[Any]], result: FlushResult) -> None:
-    """The flush function's rows into `result`: claimed, completed, admitted."""
+    rows = execute_in_driver(
+        conn,
+        _FLUSH,
+        {
+            "now": now,
+            "worker": worker,
+            "ttl": settings.lease_ttl_seconds,
+            "aging": settings.aging_seconds_per_level,
+            "window": settings.admission_window,
+            "starvation": settings.starvation_seconds,
+            "items": json.dumps(items, separators=(",", ":")),
+        },
+    )
     for kind, job_id, attempt, job_type, payload, timeout, priority, created, pending in rows:
         if kind == "claimed":
             result.claimed[(job_id, attempt)] = ClaimedAttempt(
@@ -156,6 +135,7 @@ def _read_rows(rows: Sequence[Sequence[Any]], result: FlushResult) -> None:
             result.outcomes[(job_id, attempt)] = _COMPLETED
         else:
             result.admitted.append(Admitted(job_id, attempt, Priority(priority)))
+    return result
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -169,80 +149,3 @@ def _stored_success(end: AttemptEnd) -> tuple[AttemptEnd, str | None] | None:
         return None
     clean, result_json = storable(end)
     return (clean, result_json) if clean.result is AttemptResult.SUCCEEDED else None
-
-
-# The flush through a libpq pipeline (`FlushPipeline`): positional parameters, sent as text.
-_PIPELINED_FLUSH = (
-    b"SELECT kind, job_id, attempt, job_type, payload, timeout_seconds, priority, created_at,"
-    b" pending_since FROM taskq_worker_flush($1::timestamptz, $2::text, $3::float8,"
-    b" $4::float8, $5::int, $6::float8, $7::jsonb)"
-)
-
-
-class FlushPipeline:
-    """Flushes of claims and successes sent one after another on a connection in libpq's
-    pipeline mode, so the writer sends the next while PostgreSQL still runs the current
-    one: the commit, the round trip and the wake-ups of one flush overlap the next
-    instead of adding to every claim's wait (evaluation_results.md, "Thirteenth round").
-
-    Each flush is followed by a Sync: it is its own implicit transaction, committed (with
-    `synchronous_commit` on) before its Sync is answered, and an error aborts only it.
-    `receive` answers the oldest flush sent, once committed. Results are read in order;
-    nothing else may use the connection. psycopg's own pipeline fetches the results of
-    everything sent when asked for one, hence libpq's calls here.
-    """
-
-    def __init__(self, conninfo: str, settings: Settings, worker: str) -> None:
-        self._conn = psycopg.connect(conninfo, autocommit=True)
-        self._pg = self._conn.pgconn
-        self._pg.enter_pipeline_mode()
-        self._loader = Transformer(self._conn)
-        self._fixed = [
-            worker.encode(),
-            str(settings.lease_ttl_seconds).encode(),
-            str(settings.aging_seconds_per_level).encode(),
-            str(settings.admission_window).encode(),
-            str(settings.starvation_seconds).encode(),
-        ]
-
-    def send(self, claims: Sequence[ClaimRequest], ends: SplitEnds, now: datetime) -> None:
-        """Send one flush of `claims` and `ends.succeeded` (`ends.others` must be empty)."""
-        assert not ends.others, "ends that did not succeed take the transaction path"
-        now_param = now.isoformat().encode()
-        items = _items_json(claims, ends.succeeded).encode()
-        self._pg.send_query_params(_PIPELINED_FLUSH, [now_param, *self._fixed, items])
-        self._pg.pipeline_sync()
-        while self._pg.flush():  # 1: more to send once the socket takes it
-            select.select([], [self._pg.socket], [])
-
-    def receive(self) -> FlushResult:
-        """The oldest flush's outcome, once committed; raises its error (the flushes sent
-        after it are not affected)."""
-        first = self._next_result()
-        rows: list[tuple[Any, ...]] = []
-        error: str | None = None
-        if first.status == pq.ExecStatus.TUPLES_OK:
-            self._loader.set_pgresult(first)
-            rows = self._loader.load_rows(0, first.ntuples, tuple)
-        else:
-            error = first.get_error_message() or f"flush result {first.status!r}"
-        if first.status != pq.ExecStatus.PIPELINE_ABORTED:
-            self._next_result()  # None: the end of this statement's results
-        sync = self._next_result()
-        if sync is None or sync.status != pq.ExecStatus.PIPELINE_SYNC:
-            raise psycopg.OperationalError("the flush pipeline lost its place")
-        if error is not None:
-            raise psycopg.DatabaseError(error)
-        result = FlushResult()
-        _read_rows(rows, result)
-        return result
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def _next_result(self) -> Any:
-        while True:
-            self._pg.consume_input()  # raises when the connection is lost
-            if not self._pg.is_busy():
-                return self._pg.get_result()
-            select.select([self._pg.socket], [], [])
