@@ -318,16 +318,16 @@ def original_batch(conn: sa.Connection, specs: Sequence[JobSpec]) -> list[dict[s
     them is stored; a stored job whose submission differs from the one sent again is a
     conflict (as for POST /jobs), naming those jobs.
     """
-    ids = [spec.job_id for spec in specs]
-    if any(job_id is None for job_id in ids) or len(set(ids)) != len(ids):
+    ids = [spec.job_id for spec in specs if spec.job_id is not None]
+    if len(ids) != len(specs) or len(set(ids)) != len(ids):
         return None
-    stored = jobs_repo.submitted_jobs(conn, [job_id for job_id in ids if job_id is not None])
+    stored = jobs_repo.submitted_jobs(conn, ids)
     if len(stored) != len(ids):
         return None
     differing = sorted(
-        spec.job_id
-        for spec in specs
-        if spec.job_id is not None and stored[spec.job_id].request_hash != spec.request_hash()
+        job_id
+        for job_id, spec in zip(ids, specs, strict=True)
+        if stored[job_id].request_hash != spec.request_hash()
     )
     if differing:
         raise errors.IdempotencyConflict(
@@ -335,13 +335,8 @@ def original_batch(conn: sa.Connection, specs: Sequence[JobSpec]) -> list[dict[s
             {"job_ids": differing[:20]},
         )
     return [
-        {
-            "id": row.id,
-            "status": row.status,
-            "created_at": row.created_at,
-            "priority": row.priority,
-        }
-        for row in (stored[job_id] for job_id in ids if job_id is not None)
+        {"id": row.id, "status": row.status, "created_at": row.created_at, "priority": row.priority}
+        for row in (stored[job_id] for job_id in ids)
     ]
 
 

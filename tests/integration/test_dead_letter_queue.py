@@ -15,6 +15,7 @@ from queue_service.rabbitmq.publishing import publish_dead_letter
 from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_job
+from tests.support.job_rows import dead_letter_by_hand
 
 
 def _dlq_bodies(settings: Settings) -> list[bytes]:
@@ -45,16 +46,7 @@ def test_compaction_keeps_open_letters_and_drops_resolved_ones(
     with engine.begin() as conn:
         for job_id in ("kept_job", "discarded_job"):
             submit_job(conn, settings, JobSpec(job_id=job_id), now)
-            letter_ids[job_id] = dead_letters_repo.record_dead_letter(
-                conn,
-                job_id=job_id,
-                type_="noop",
-                reason="retries_exhausted",
-                attempts=1,
-                last_error="boom",
-                message={},
-                now=now,
-            )
+            letter_ids[job_id] = dead_letter_by_hand(conn, job_id, now)
     for job_id in ("kept_job", "discarded_job"):
         publish_dead_letter(broker, job_id, 1, "retries_exhausted", "boom")
     # and one of them discarded by an operator
@@ -83,16 +75,7 @@ def test_compaction_restores_the_message_of_an_open_letter_a_restart_took(
     with engine.begin() as conn:
         for job_id, died in (("lost_job", now - timedelta(minutes=2)), ("fresh_job", now)):
             submit_job(conn, settings, JobSpec(job_id=job_id), now)
-            dead_letters_repo.record_dead_letter(
-                conn,
-                job_id=job_id,
-                type_="noop",
-                reason="retries_exhausted",
-                attempts=3,
-                last_error="boom",
-                message={},
-                now=died,
-            )
+            dead_letter_by_hand(conn, job_id, died, attempts=3)
 
     # When the queue is compacted, twice
     compact_dead_letter_queue(engine, broker, now=now)

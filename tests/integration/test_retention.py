@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from queue_service.maintenance import purge_finished_jobs
-from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_job
-from tests.support.job_rows import complete_by_hand
+from tests.support.job_rows import complete_by_hand, dead_letter_by_hand
 
 
 def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
@@ -37,16 +36,7 @@ def test_purge_deletes_only_old_finished_jobs_without_open_dead_letters(
         for job_id, at in finished.items():
             complete_by_hand(conn, job_id, at)
         conn.execute(sa.text("DELETE FROM leases"))
-        dead_letters_repo.record_dead_letter(
-            conn,
-            job_id="old_dead",
-            type_="noop",
-            reason="retries_exhausted",
-            attempts=1,
-            last_error="boom",
-            message={},
-            now=now,
-        )
+        dead_letter_by_hand(conn, "old_dead", now)
 
     # When the retention purge runs with 30 days
     deleted = purge_finished_jobs(engine, settings.model_copy(update={"retention_days": 30}), now)

@@ -25,6 +25,12 @@ def _two_completed_one_waiting(engine: sa.Engine, settings: Settings) -> None:
         conn.execute(sa.text("ANALYZE jobs"))
 
 
+def _slow_count(monkeypatch: pytest.MonkeyPatch, condition: str) -> None:
+    """GET /stats's count statement made slow: `condition`, which sleeps, joins its WHERE."""
+    slow = stats_repo._COUNT.replace("GROUP BY", f"AND {condition} GROUP BY")
+    monkeypatch.setattr(stats_repo, "_COUNT", slow)
+
+
 def test_counts_are_exact_within_the_budget_and_the_timeout_is_put_back(
     clean_state: None, settings: Settings, engine: sa.Engine
 ) -> None:
@@ -50,10 +56,8 @@ def test_finished_counts_past_the_budget_are_estimates(
 ) -> None:
     # Given two completed jobs and one waiting, and a count that takes 300 ms per status
     _two_completed_one_waiting(engine, settings)
-    slow = stats_repo._COUNT.replace(
-        "GROUP BY", "AND (SELECT pg_sleep(0.3)) IS NOT NULL GROUP BY"
-    )  # an init plan: the sleep runs once per count, whatever the rows
-    monkeypatch.setattr(stats_repo, "_COUNT", slow)
+    # (an init plan: the sleep runs once per count, whatever the rows)
+    _slow_count(monkeypatch, "(SELECT pg_sleep(0.3)) IS NOT NULL")
 
     with engine.connect() as conn:
         before = conn.execute(sa.text("SHOW statement_timeout")).scalar_one()
@@ -77,10 +81,7 @@ def test_a_status_that_counts_quickly_stays_exact_beside_an_estimated_one(
     # Given two completed jobs whose count is slow (300 ms per completed row) while the
     # other finished statuses count at once
     _two_completed_one_waiting(engine, settings)
-    slow = stats_repo._COUNT.replace(
-        "GROUP BY", "AND (status <> 'completed' OR pg_sleep(0.3) IS NOT NULL) GROUP BY"
-    )
-    monkeypatch.setattr(stats_repo, "_COUNT", slow)
+    _slow_count(monkeypatch, "(status <> 'completed' OR pg_sleep(0.3) IS NOT NULL)")
 
     with engine.connect() as conn:
         # When they are counted with a 100 ms budget for finished jobs
