@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,6 +89,8 @@ class AttemptWriter:
         # The process's worker threads (set at worker boot): when every one of them waits
         # for a claim in the batch, no request can come to linger for.
         self.threads: int | None = None
+        # The time of the last flush: each flush's is later (see `_flush_time`).
+        self._last_flush_time = datetime.min.replace(tzinfo=UTC)
 
     def _ensure_started(self) -> None:
         if self._thread is not None:
@@ -325,12 +327,21 @@ class AttemptWriter:
             except Exception:  # metrics only: never fail the writer for them
                 log.exception("on_recorded_failed")
 
+    def _flush_time(self) -> datetime:
+        """This flush's time, later than every earlier flush's of this process, even if the
+        clock steps back. A flush run again after a lost commit answer keeps its time, and
+        the claim takes back a lease this worker started at this very time (migration 0017):
+        so that time must name one flush."""
+        now = max(datetime.now(UTC), self._last_flush_time + timedelta(microseconds=1))
+        self._last_flush_time = now
+        return now
+
     def _apply(self, batch: list[_Request]) -> FlushResult:
         claims = [r.item for r in batch if isinstance(r.item, ClaimRequest)]
         ends = split_ends([r.item for r in batch if isinstance(r.item, AttemptEnd)])
         if not claims and not ends.succeeded and not ends.others:
             return FlushResult()  # barriers only
-        now = datetime.now(UTC)
+        now = self._flush_time()
 
         def flush(conn: sa.Connection) -> FlushResult:
             return apply_flush(

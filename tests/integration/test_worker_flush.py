@@ -118,15 +118,15 @@ def test_a_claim_is_granted_once_and_a_success_recorded_once(
     in_transaction(engine, lambda conn: submit_batch(conn, settings, _dag("3"), now))
     twice = [ClaimRequest("P3", 1), ClaimRequest("P3", 1, redelivered=True)]
 
-    def flush(claims: list[ClaimRequest], ends: list[AttemptEnd]) -> Any:
+    def flush(claims: list[ClaimRequest], ends: list[AttemptEnd], at: datetime = now) -> Any:
         return in_autocommit(
             engine,
-            lambda conn: apply_flush(conn, settings, WORKER, claims, split_ends(ends), now, _body),
+            lambda conn: apply_flush(conn, settings, WORKER, claims, split_ends(ends), at, _body),
         )
 
-    # Two deliveries in one flush: one claim; a later delivery: none.
+    # Two deliveries in one flush: one claim; a later delivery (a later flush): none.
     assert list(flush(twice, []).claimed) == [("P3", 1)]
-    assert flush([ClaimRequest("P3", 1)], []).claimed == {}
+    assert flush([ClaimRequest("P3", 1)], [], now + timedelta(milliseconds=3)).claimed == {}
     # A success recorded twice: the second finds the attempt no longer running.
     done = AttemptEnd("P3", 1, AttemptResult.SUCCEEDED)
     assert ("P3", 1) in flush([], [done]).outcomes
