@@ -7,7 +7,9 @@ that rotates between repetitions:
   (a) plain Dramatiq: a no-op actor on a queue declared with x-max-priority,
   (b) Celery: a no-op task, threads pool, late ack, prefetch multiplier 1, priority queue,
   (c) ours through the public API: POST /jobs/batch (chunks of 10,000), then single POST /jobs
-      from --clients concurrent clients while the workers run,
+      from --clients concurrent clients while the workers run; the jobs are of a sync no-op
+      type registered as a user registers one (bench/noop_ours.py), as the baselines' no-ops
+      are plain sync functions (--job-type noop: the simulated async type instead),
 each draining --jobs no-op jobs with random priorities (first submitted -> last finished),
 then the POST /jobs rate with the api alone. Our processes start as scripts/run.sh starts
 them, on their own database (taskq_compare) and vhost, with a token pool far larger than 16
@@ -88,8 +90,16 @@ def parse_args() -> argparse.Namespace:
         help="our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY, "
         "the default); --no-claim-on-delivery: when a thread takes it",
     )
+    parser.add_argument(
+        "--job-type",
+        choices=["bench_noop", "noop"],
+        default=phases.JOB_TYPE,
+        help="our no-op jobs: bench_noop, a sync handler of the benchmark's own (as the "
+        "baselines' no-ops), or noop, the simulated type (async)",
+    )
     parser.add_argument("--results-file", type=Path, help="write the markdown section here")
     args = parser.parse_args()
+    phases.JOB_TYPE = args.job_type
     services.PREFETCH = args.prefetch
     services.CLAIM_ON_DELIVERY = args.claim_on_delivery
     try:

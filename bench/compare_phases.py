@@ -139,8 +139,13 @@ def _publish_celery(priorities: list[int], deadline: float) -> int:
 # --- ours --------------------------------------------------------------------------------
 
 
+# The type of our no-op jobs (bench/compare.py --job-type): the benchmark's own sync
+# handler (bench/noop_ours.py), as the baselines' no-ops are, or the simulated async `noop`.
+JOB_TYPE = "bench_noop"
+
+
 def job_bodies(count: int, rng: random.Random) -> list[dict[str, Any]]:
-    return [{"type": "noop", "priority": rng.choice(PRIORITIES)} for _ in range(count)]
+    return [{"type": JOB_TYPE, "priority": rng.choice(PRIORITIES)} for _ in range(count)]
 
 
 def _finished_count(conn: psycopg.Connection[Any]) -> tuple[int, float]:

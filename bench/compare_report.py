@@ -127,8 +127,14 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
             if services.CLAIM_ON_DELIVERY
             else ", which claim each message when a thread takes it"
         )
-        + "; Celery prefetch multiplier 1. "
-        "† = at least one "
+        + "; Celery prefetch multiplier 1. Our jobs are of type "
+        + (
+            "`bench_noop`, a sync no-op handler of the benchmark's own (bench/noop_ours.py), "
+            "as the baselines' no-ops are plain sync functions. "
+            if args.job_type == "bench_noop"
+            else "`noop`, the simulated async type. "
+        )
+        + "† = at least one "
         "repetition did not drain within its timeout (partial rate).",
         "",
         "| jobs/s | " + " | ".join(f"{p} x 8" for p in services.SHAPES) + " |",

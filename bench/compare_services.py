@@ -107,6 +107,8 @@ def ours_env(api_key: str) -> dict[str, str]:
         "TASKQ_POOL_MEMORY_MB": str(POOL_MEMORY_MB),
         "TASKQ_API_KEYS": f"admin:{api_key}",
         "TASKQ_CLAIM_ON_DELIVERY": "1" if CLAIM_ON_DELIVERY else "0",
+        # The simulated types, and the benchmark's own sync no-op (bench/noop_ours.py).
+        "TASKQ_JOB_MODULES": "queue_service.simulated_jobs,bench.noop_ours",
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
     }
