@@ -18,7 +18,9 @@ message, which must happen before it is acknowledged.
 
 The same thread is the process's heartbeat: every `heartbeat_seconds` it renews the leases
 of the attempts this process runs, so they expire `lease_ttl_seconds` after the process
-dies (or hangs), and never while it runs them, however long their handler takes.
+dies (or hangs), and never while it runs them, however long their handler takes. Before
+that it withdraws the claims of flushes that lost their connection on every try: PostgreSQL
+may have committed them, and no thread runs them (`_give_back_unheard`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from queue_service import lifecycle
 from queue_service.db import HeldAutocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd
 from queue_service.logging import get_logger
@@ -91,6 +94,9 @@ class AttemptWriter:
         self.threads: int | None = None
         # The time of the last flush: each flush's is later (see `_flush_time`).
         self._last_flush_time = datetime.min.replace(tzinfo=UTC)
+        # Claims of flushes that lost their connection on every try: PostgreSQL may have
+        # committed one before it went, so they are given back (`_give_back_unheard`).
+        self._unheard: list[tuple[datetime, list[tuple[str, int]]]] = []
 
     def _ensure_started(self) -> None:
         if self._thread is not None:
@@ -274,14 +280,44 @@ class AttemptWriter:
         self._retries.append((time.monotonic() + delay, request))
 
     def _heartbeat(self) -> None:
-        """Renew the leases of this process's running attempts (see lease_ttl_seconds)."""
+        """Renew the leases of this process's running attempts (see lease_ttl_seconds),
+        after giving back the claims no thread heard of."""
         try:
             with self._engine.begin() as conn:
-                leases_repo.renew_leases(
-                    conn, self._worker, self._settings.lease_ttl_seconds, datetime.now(UTC)
-                )
+                now = datetime.now(UTC)
+                self._give_back_unheard(conn, now)
+                leases_repo.renew_leases(conn, self._worker, self._settings.lease_ttl_seconds, now)
+            self._unheard = []
         except Exception as error:  # PostgreSQL away: no lease can expire meanwhile either
             log.warning("heartbeat_failed", error=type(error).__name__)
+
+    def _remember_unheard(self, batch: list[_Request]) -> None:
+        """The claims of a flush that lost its connection on every try (its threads get the
+        error and skip their messages). If PostgreSQL committed the flush before the
+        connection went, their leases are started in this worker's name at this flush's
+        time, and no thread will ever run them."""
+        claims = [
+            (r.item.job_id, r.item.attempt) for r in batch if isinstance(r.item, ClaimRequest)
+        ]
+        if claims:
+            self._unheard.append((self._last_flush_time, claims))
+
+    def _give_back_unheard(self, conn: sa.Connection, now: datetime) -> None:
+        """Withdraw the unheard claims that did commit (only leases started at their flush's
+        time: a later claim of the same attempt, which a thread did hear of, stays). The
+        attempts are admitted again, unclaimed; maintenance publishes them again."""
+        for claimed_at, claims in self._unheard:
+            withdrawn = lifecycle.withdraw_unstarted(
+                conn,
+                self._settings,
+                claims,
+                self._worker,
+                now,
+                claimed_at=claimed_at,
+                why="lost PostgreSQL's answer to its claim; the attempt never started",
+            )
+            for change in withdrawn:
+                log.warning("unheard_claim_withdrawn", job_id=change.job_id, attempt=change.attempt)
 
     def _flush(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
@@ -293,6 +329,8 @@ class AttemptWriter:
                 for request in batch:
                     self._flush([request])
                 return
+            if error.connection_invalidated:
+                self._remember_unheard(batch)
             for request in batch:
                 self._fail(request, error)
             return

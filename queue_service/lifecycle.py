@@ -67,16 +67,19 @@ def withdraw_unstarted(
     claims: Sequence[tuple[str, int]],
     worker: str,
     now: datetime,
+    *,
+    claimed_at: datetime | None = None,
+    why: str = "shut down before the attempt started",
 ) -> list[jobs_repo.StatusChange]:
     """Give back attempts `worker` claimed and never started, as if never claimed (see
-    `transitions.withdraw_claims`), with their events."""
+    `transitions.withdraw_claims`; with `claimed_at`, only the claims made at that time),
+    with their events."""
     transitions.record_running(conn, [job_id for job_id, _ in claims])
-    changes = transitions.withdraw_claims(conn, claims, worker, settings.aging_seconds_per_level)
+    changes = transitions.withdraw_claims(
+        conn, claims, worker, settings.aging_seconds_per_level, claimed_at
+    )
     events_repo.record_events(
-        conn,
-        _transition_events(
-            changes, now, message=f"claim withdrawn: {worker} shut down before the attempt started"
-        ),
+        conn, _transition_events(changes, now, message=f"claim withdrawn: {worker} {why}")
     )
     return changes
 

@@ -281,11 +281,13 @@ def withdraw_claims(
     claims: Sequence[tuple[str, int]],
     worker: str,
     aging_seconds_per_level: float,
+    claimed_at: datetime | None = None,
 ) -> list[StatusChange]:
     """running -> pending for attempts `worker` claimed and never started (a worker that
     shuts down hands its prefetched messages back to RabbitMQ): the attempt number and the
     unstarted lease come back, so the redelivered message's claim succeeds elsewhere. The
-    rank and ready time are the lease's grant (the job keeps its place: it is admitted)."""
+    rank and ready time are the lease's grant (the job keeps its place: it is admitted).
+    With `claimed_at`, only leases that claim started (one flush of the worker's)."""
     if not claims:
         return []
     rows = conn.execute(
@@ -295,6 +297,7 @@ def withdraw_claims(
             "  JOIN wanted w ON w.job_id = j.id "
             "  JOIN leases l ON l.job_id = j.id AND l.attempt = w.attempt "
             "    AND l.worker = :worker AND l.started_at IS NOT NULL "
+            "    AND (CAST(:claimed_at AS timestamptz) IS NULL OR l.started_at = :claimed_at) "
             f"  WHERE {WITHDRAW.guard()} AND j.attempts = w.attempt "
             "  ORDER BY j.id FOR UPDATE OF j), "
             f"back AS (UPDATE jobs j SET status = {WITHDRAW.target()}, "
@@ -312,6 +315,7 @@ def withdraw_claims(
             **_pairs(claims),
             "worker": worker,
             "aging": aging_seconds_per_level,
+            "claimed_at": claimed_at,
         },
     ).all()
     return status_changes(rows)

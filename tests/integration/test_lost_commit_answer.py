@@ -1,12 +1,14 @@
 """A flush whose commit answer is lost with its connection is run again by the writer
 (db.HeldAutocommit). The claims in it committed the first time: the run again must give
 them back to their threads (migration 0017), not leave the attempts claimed by a worker
-that never runs them. Real PostgreSQL, the real writer; only the lost answer is made up."""
+that never runs them. When every try loses its connection (PostgreSQL going away), the
+threads skip their messages and the writer's next heartbeat withdraws those claims.
+Real PostgreSQL, the real writer; only the lost answers are made up."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,11 +18,18 @@ from dramatiq.brokers.stub import StubBroker
 import actors.writer
 from actors.writer import AttemptWriter
 from queue_service.db import in_autocommit, in_transaction
+from queue_service.lifecycle import withdraw_unstarted
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch
 from queue_service.worker_batch import ClaimRequest, apply_flush, split_ends
+from tests.support.product import wait_until
 
 WORKER = "test-worker"
+
+
+def _no_body(job_id: str, attempt: int) -> dict[str, Any]:
+    """The dead-letter message body (no attempt fails here)."""
+    return {}
 
 
 def _lost_answer() -> sa.exc.OperationalError:
@@ -32,9 +41,18 @@ def _lost_answer() -> sa.exc.OperationalError:
 
 @pytest.fixture
 def writer(engine: sa.Engine, settings: Settings) -> Iterator[AttemptWriter]:
-    attempt_writer = AttemptWriter(engine, settings, StubBroker(), WORKER)  # type: ignore[arg-type]
+    quick = settings.model_copy(update={"heartbeat_seconds": 0.2})
+    attempt_writer = AttemptWriter(engine, quick, StubBroker(), WORKER)  # type: ignore[arg-type]
     yield attempt_writer
     attempt_writer.stop()
+
+
+def _lease(engine: sa.Engine, job_id: str) -> tuple[Any, ...]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT worker, started_at FROM leases WHERE job_id = :id"), {"id": job_id}
+        ).one()
+    return tuple(row)
 
 
 def _submit(engine: sa.Engine, settings: Settings, *job_ids: str) -> None:
@@ -92,7 +110,7 @@ def test_a_started_lease_is_still_not_claimed_twice(
                 [ClaimRequest("TWICE1", 1)],
                 split_ends([]),
                 now,
-                lambda job_id, attempt: {},
+                _no_body,
             ),
         )
 
@@ -102,3 +120,69 @@ def test_a_started_lease_is_still_not_claimed_twice(
     # Then it gets nothing: only the same flush run again gets its own claim back
     assert again.claimed == {}
     assert list(claim(first_flush).claimed) == [("TWICE1", 1)]
+
+
+def test_a_claim_committed_as_postgresql_went_away_is_withdrawn(
+    clean_state: None,
+    engine: sa.Engine,
+    settings: Settings,
+    writer: AttemptWriter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an admitted job, and PostgreSQL losing every answer of the writer's flushes
+    # after committing them (the writer's tries all fail)
+    _submit(engine, settings, "GONE1")
+    real_apply_flush = apply_flush
+
+    def commit_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        real_apply_flush(*args, **kwargs)
+        raise _lost_answer()
+
+    monkeypatch.setattr(actors.writer, "apply_flush", commit_then_lose_the_answer)
+
+    # When a worker thread claims the attempt, it gets the error (it skips the message)
+    with pytest.raises(sa.exc.OperationalError):
+        writer.claim("GONE1", 1, redelivered=False)
+    # though the claim committed: the lease is started in the worker's name
+    assert _lease(engine, "GONE1")[0] == WORKER
+
+    # Then once PostgreSQL answers again, the writer's heartbeat withdraws the claim
+    monkeypatch.setattr(actors.writer, "apply_flush", real_apply_flush)
+    assert wait_until(lambda: _lease(engine, "GONE1") == (None, None), timeout=5)
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.text(
+                "SELECT previous_status, status, message FROM job_events "
+                "WHERE job_id = 'GONE1' ORDER BY id DESC LIMIT 1"
+            )
+        ).one()
+    assert (last.previous_status, last.status) == ("running", "pending")
+    assert "lost PostgreSQL's answer to its claim" in last.message
+    # and the attempt's next message is claimed and runs
+    claimed = writer.claim("GONE1", 1, redelivered=False)
+    assert claimed is not None and claimed.attempt == 1
+
+
+def test_only_the_claim_of_that_flush_is_withdrawn(
+    clean_state: None, engine: sa.Engine, settings: Settings
+) -> None:
+    # Given an attempt this worker claimed in a flush that a thread heard of
+    _submit(engine, settings, "HEARD1")
+    heard = datetime.now(UTC)
+    in_autocommit(
+        engine,
+        lambda conn: apply_flush(
+            conn, settings, WORKER, [ClaimRequest("HEARD1", 1)], split_ends([]), heard, _no_body
+        ),
+    )
+    # When an unheard claim of the same attempt, from an earlier flush, is given back
+    earlier = heard - timedelta(milliseconds=5)
+    withdrawn = in_transaction(
+        engine,
+        lambda conn: withdraw_unstarted(
+            conn, settings, [("HEARD1", 1)], WORKER, datetime.now(UTC), claimed_at=earlier
+        ),
+    )
+    # Then the running attempt keeps its lease
+    assert withdrawn == []
+    assert _lease(engine, "HEARD1") == (WORKER, heard)
