@@ -86,11 +86,8 @@ def test_a_claim_committed_before_its_answer_was_lost_runs(
     # Then the flush ran twice and the thread got its attempt (it ran once, was claimed once)
     assert len(runs) == 2
     assert claimed is not None and (claimed.job_id, claimed.attempt) == ("LOST1", 1)
-    with engine.connect() as conn:
-        lease = conn.execute(
-            sa.text("SELECT worker, started_at IS NOT NULL FROM leases WHERE job_id = 'LOST1'")
-        ).one()
-    assert tuple(lease) == (WORKER, True)
+    worker, started_at = _lease(engine, "LOST1")
+    assert worker == WORKER and started_at is not None
 
 
 def test_a_started_lease_is_still_not_claimed_twice(
