@@ -92,7 +92,7 @@ class AttemptWriter:
         # The process's worker threads (set at worker boot): when every one of them waits
         # for a claim in the batch, no request can come to linger for.
         self.threads: int | None = None
-        # The time of the last flush: each flush's is later (see `_flush_time`).
+        # The time of the last flush: each flush's is later (`_flush_time`).
         self._last_flush_time = datetime.min.replace(tzinfo=UTC)
         # Claims of flushes that lost their connection on every try: PostgreSQL may have
         # committed one before it went, so they are given back (`_give_back_unheard`).
@@ -291,16 +291,16 @@ class AttemptWriter:
         except Exception as error:  # PostgreSQL away: no lease can expire meanwhile either
             log.warning("heartbeat_failed", error=type(error).__name__)
 
-    def _remember_unheard(self, batch: list[_Request]) -> None:
+    def _remember_unheard(self, batch: list[_Request], at: datetime) -> None:
         """The claims of a flush that lost its connection on every try (its threads get the
         error and skip their messages). If PostgreSQL committed the flush before the
-        connection went, their leases are started in this worker's name at this flush's
-        time, and no thread will ever run them."""
+        connection went, their leases are started in this worker's name at the flush's
+        time `at`, and no thread will ever run them."""
         claims = [
             (r.item.job_id, r.item.attempt) for r in batch if isinstance(r.item, ClaimRequest)
         ]
         if claims:
-            self._unheard.append((self._last_flush_time, claims))
+            self._unheard.append((at, claims))
 
     def _give_back_unheard(self, conn: sa.Connection, now: datetime) -> None:
         """Withdraw the unheard claims that did commit (only leases started at their flush's
@@ -321,8 +321,9 @@ class AttemptWriter:
 
     def _flush(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
+        at = self._flush_time()
         try:
-            result = self._apply(batch)
+            result = self._apply(batch, at)
         except sa.exc.DBAPIError as error:
             if len(batch) > 1 and not error.connection_invalidated:
                 # One bad item must not fail the others: apply each on its own.
@@ -330,7 +331,7 @@ class AttemptWriter:
                     self._flush([request])
                 return
             if error.connection_invalidated:
-                self._remember_unheard(batch)
+                self._remember_unheard(batch, at)
             for request in batch:
                 self._fail(request, error)
             return
@@ -374,12 +375,11 @@ class AttemptWriter:
         self._last_flush_time = now
         return now
 
-    def _apply(self, batch: list[_Request]) -> FlushResult:
+    def _apply(self, batch: list[_Request], now: datetime) -> FlushResult:
         claims = [r.item for r in batch if isinstance(r.item, ClaimRequest)]
         ends = split_ends([r.item for r in batch if isinstance(r.item, AttemptEnd)])
         if not claims and not ends.succeeded and not ends.others:
             return FlushResult()  # barriers only
-        now = self._flush_time()
 
         def flush(conn: sa.Connection) -> FlushResult:
             return apply_flush(
