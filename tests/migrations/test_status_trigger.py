@@ -1,4 +1,7 @@
-"""PostgreSQL refuses a status change outside the allowed transitions (migration 0008)."""
+"""PostgreSQL refuses a status change outside the allowed transitions (migration 0008).
+
+The tests that submit a job stop the shared product first: its maintenance ticker would
+admit (and its workers run) the pending job the test moves by hand."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def test_the_triggers_set_is_the_models_set(migrated: None, engine: sa.Engine) -
 
 
 def test_an_illegal_update_is_refused(
-    clean_state: None, engine: sa.Engine, settings: Settings
+    shared_product_stopped: None, clean_state: None, engine: sa.Engine, settings: Settings
 ) -> None:
     # Given a pending job
     now = datetime.now(UTC)
@@ -59,7 +62,7 @@ def test_an_illegal_update_is_refused(
 
 
 def test_updates_that_keep_the_status_do_not_reach_the_check(
-    clean_state: None, engine: sa.Engine, settings: Settings
+    shared_product_stopped: None, clean_state: None, engine: sa.Engine, settings: Settings
 ) -> None:
     # Given a pending job
     now = datetime.now(UTC)
@@ -79,7 +82,11 @@ def test_updates_that_keep_the_status_do_not_reach_the_check(
 
 @pytest.mark.parametrize("started", [False, True], ids=["lease-unstarted", "lease-started"])
 def test_pending_to_completed_needs_the_attempts_started_lease(
-    clean_state: None, engine: sa.Engine, settings: Settings, started: bool
+    shared_product_stopped: None,
+    clean_state: None,
+    engine: sa.Engine,
+    settings: Settings,
+    started: bool,
 ) -> None:
     # Given a pending job holding the lease of its first attempt, started or not (a claim
     # starts the lease and leaves the row pending, migration 0016)
