@@ -5,7 +5,7 @@
 Each repetition runs, for 1 process x 8 threads and 2 processes x 8 threads, in an order
 that rotates between repetitions:
   (a) plain Dramatiq: a no-op actor on a queue declared with x-max-priority,
-  (b) Celery: a no-op task, threads pool, late ack, prefetch multiplier 1, priority queue,
+  (b) Celery: a no-op task, threads pool, late ack, priority queue,
   (c) ours through the public API: POST /jobs/batch (chunks of 10,000), then single POST /jobs
       from --clients concurrent clients while the workers run; the jobs are of a sync no-op
       type registered as a user registers one (bench/noop_ours.py), as the baselines' no-ops
@@ -13,7 +13,9 @@ that rotates between repetitions:
 each draining --jobs no-op jobs with random priorities (first submitted -> last finished),
 then the POST /jobs rate with the api alone. Our processes start as scripts/run.sh starts
 them, on their own database (taskq_compare) and vhost, with a token pool far larger than 16
-threads can use. Every phase stops at its timeout with the partial rate.
+threads can use. Every worker process of the three prefetches the same number of messages
+(--prefetch; Celery's prefetch multiplier is that over its threads). Every phase stops at
+its timeout with the partial rate.
 
 Exit status: 1 if a check failed (a job of ours not completed exactly once, tokens in use
 above capacity in any 50 ms sample or not 0 after a drain, rows not equal to 2xx answers);
@@ -80,8 +82,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--prefetch",
         type=int,
-        help="messages each worker process prefetches, ours and plain Dramatiq's (default: "
-        "twice the threads, as scripts/run.sh and Dramatiq; TASKQ_WORKER_PREFETCH there)",
+        help="messages each worker process prefetches, the same for the three systems "
+        "(Celery: as its prefetch multiplier, this over the threads; default: four per thread, "
+        "our product's default, TASKQ_WORKER_PREFETCH)",
     )
     parser.add_argument(
         "--claim-on-delivery",

@@ -120,14 +120,14 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
         f"{services.POOL_CPU_UNITS:,} CPU units / {services.POOL_MEMORY_MB:,} MB, so that it is "
         "not the cap: the 16 threads run at most 16 jobs (1 unit / 128 MB each) while up to "
         f"{services.POOL_CPU_UNITS:,} are admitted ({_pool_peak(report)}). Prefetch "
-        f"{services.prefetch()} per worker process for Dramatiq, "
-        f"{services.prefetch()} for ours"
+        f"{services.prefetch()} per worker process for all three (Celery: prefetch "
+        f"multiplier {services.celery_prefetch_multiplier()}), ours"
         + (
             ", which claim each message as it is delivered"
             if services.CLAIM_ON_DELIVERY
             else ", which claim each message when a thread takes it"
         )
-        + "; Celery prefetch multiplier 1. Our jobs are of type "
+        + ". Our jobs are of type "
         + (
             "`bench_noop`, a sync no-op handler of the benchmark's own (bench/noop_ours.py), "
             "as the baselines' no-ops are plain sync functions. "

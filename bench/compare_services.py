@@ -34,24 +34,30 @@ VHOSTS = {
     "celery": "taskq_compare_celery",
 }
 # Sized so the token pool is never what limits throughput: 16 threads run at most 16
-# no-op jobs (1 CPU unit, 128 MB each) while up to 64 are admitted ahead of them (four per
-# thread: prefetch holds 16 per process, the rest wait in RabbitMQ). A pool holding far
-# more only lengthens the admitted backlog in RabbitMQ (leases not started within
+# no-op jobs (1 CPU unit, 128 MB each) while up to 128 are admitted ahead of them (the
+# 2 x 32 messages two processes prefetch, and as many waiting in RabbitMQ). A pool holding
+# far more only lengthens the admitted backlog in RabbitMQ (leases not started within
 # TASKQ_REPUBLISH_AFTER_SECONDS are published again): a measure of the backlog, not of
 # throughput.
-POOL_CPU_UNITS = 64
-POOL_MEMORY_MB = 64 * 128
+POOL_CPU_UNITS = 128
+POOL_MEMORY_MB = 128 * 128
 THREADS = 8
 SHAPES = [1, 2]  # worker processes, THREADS threads each
-# Messages each worker process prefetches, ours and plain Dramatiq's alike; None: twice
-# THREADS, as scripts/run.sh does (and Dramatiq by default).
+# Messages each worker process prefetches, the same for all three systems (Celery's
+# prefetch multiplier is this over its threads); None: the product's default, four per
+# thread (settings.worker_prefetch).
 PREFETCH: int | None = None
 # Our workers claim each message as it is delivered (TASKQ_CLAIM_ON_DELIVERY, the default).
 CLAIM_ON_DELIVERY = True
 
 
 def prefetch() -> int:
-    return PREFETCH or 2 * THREADS
+    return PREFETCH or 4 * THREADS
+
+
+def celery_prefetch_multiplier() -> int:
+    """Celery prefetches its multiplier times its threads per worker process."""
+    return max(1, prefetch() // THREADS)
 
 
 def use_prefix(prefix: str) -> None:
@@ -260,7 +266,11 @@ def start_dramatiq(processes: int, count_dir: Path, log_dir: Path) -> Baseline:
 
 def start_celery(processes: int, count_dir: Path, log_dir: Path) -> Baseline:
     """`processes` Celery workers, each one process with a pool of 8 threads."""
-    env = {"BENCH_BROKER_URL": f"{AMQP}/{VHOSTS['celery']}", "BENCH_COUNT_DIR": str(count_dir)}
+    env = {
+        "BENCH_BROKER_URL": f"{AMQP}/{VHOSTS['celery']}",
+        "BENCH_COUNT_DIR": str(count_dir),
+        "BENCH_CELERY_PREFETCH_MULTIPLIER": str(celery_prefetch_multiplier()),
+    }
     baseline = Baseline()
     try:
         for index in range(processes):

@@ -22,11 +22,12 @@ MAX_PRIORITY = 10
 
 
 def build_app(url: str) -> Celery:
-    """No result backend; acks after the task ran; one message prefetched per thread."""
+    """No result backend; acks after the task ran; BENCH_CELERY_PREFETCH_MULTIPLIER messages
+    prefetched per thread (bench/compare.py: the same prefetch per process as the others)."""
     app = Celery("bench_noop", broker=url)
     app.conf.update(
         task_acks_late=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=int(os.environ.get("BENCH_CELERY_PREFETCH_MULTIPLIER", "1")),
         task_ignore_result=True,
         task_default_queue=QUEUE,
         task_queue_max_priority=MAX_PRIORITY,

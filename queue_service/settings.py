@@ -34,8 +34,17 @@ class Settings(BaseSettings):
     # Workers
     worker_processes: int = Field(default=2, ge=1)
     worker_threads: int = Field(default=8, ge=1)
+    # Job messages each worker process holds unacknowledged (RabbitMQ prefetch); None: four
+    # per thread. Admission (tokens) already decided what runs, so the messages a process
+    # holds beyond its threads only keep them fed: each was claimed as it was delivered and
+    # runs on the next free thread. Four per thread hides the claim's round trip (no-op jobs
+    # 1.3 x the rate of two per thread at 1 process x 8 threads, evaluation_results.md,
+    # fifteenth round); the threads' count gives strict order for long jobs (a process then
+    # takes a message only when a thread is free). Dramatiq's `dramatiq_queue_prefetch`,
+    # when set, wins.
+    worker_prefetch: int | None = Field(default=None, ge=1, le=65535)
     # Claim each job message as it is delivered rather than when a thread takes it: with a
-    # prefetch above the threads (TASKQ_WORKER_PREFETCH, twice the threads by default), the
+    # prefetch above the threads (TASKQ_WORKER_PREFETCH, four per thread by default), the
     # claims of the buffered messages share flushes. `running` then means "claimed by a
     # worker process": the attempt holds its tokens and runs on that process's next free
     # thread (its started_at and time limit are its handler's). A stopping worker withdraws

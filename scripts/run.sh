@@ -27,7 +27,7 @@
 #
 # Environment (besides everything scripts/setup.sh and the product read):
 #   TASKQ_API_HOST (127.0.0.1)  TASKQ_API_PORT (8000)
-#   TASKQ_WORKER_PROCESSES (2)  TASKQ_WORKER_THREADS (8)  TASKQ_WORKER_PREFETCH (2 x threads)
+#   TASKQ_WORKER_PROCESSES (2)  TASKQ_WORKER_THREADS (8)  TASKQ_WORKER_PREFETCH (4 x threads)
 #   TASKQ_STOP_TIMEOUT (15)  TASKQ_RESTART_MAX_DELAY (30)  TASKQ_RESTART_RESET_SECONDS (60)
 set -euo pipefail
 
@@ -44,7 +44,6 @@ export TASKQ_API_HOST="${TASKQ_API_HOST:-127.0.0.1}"
 export TASKQ_API_PORT="${TASKQ_API_PORT:-8000}"
 export TASKQ_WORKER_PROCESSES="${TASKQ_WORKER_PROCESSES:-2}"
 export TASKQ_WORKER_THREADS="${TASKQ_WORKER_THREADS:-8}"
-TASKQ_WORKER_PREFETCH="${TASKQ_WORKER_PREFETCH:-$((2 * TASKQ_WORKER_THREADS))}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 STOP_TIMEOUT="${TASKQ_STOP_TIMEOUT:-15}"
@@ -205,12 +204,12 @@ start api "$BIN/uvicorn" api.main:app --host "$TASKQ_API_HOST" --port "$TASKQ_AP
     --log-config "$ROOT/api/log_config.json"
 for ((i = 1; i <= TASKQ_WORKER_PROCESSES; i++)); do
     # One supervised dramatiq master per worker process: one death takes no sibling down.
-    # By default a process holds twice as many messages as threads (Dramatiq's own
-    # default) and claims each as it is delivered (TASKQ_CLAIM_ON_DELIVERY): a finished
-    # thread finds its next message claimed already. Set it to the threads for strict
-    # order among long jobs: a process then takes a message only when a thread is free.
-    start "worker-$i" env dramatiq_queue_prefetch="$TASKQ_WORKER_PREFETCH" \
-        "$BIN/python" -m actors.cli actors.worker --processes 1 --threads "$TASKQ_WORKER_THREADS"
+    # By default a process holds four messages per thread (TASKQ_WORKER_PREFETCH) and
+    # claims each as it is delivered (TASKQ_CLAIM_ON_DELIVERY): a finished thread finds
+    # its next message claimed already. Set it to the threads for strict order among long
+    # jobs: a process then takes a message only when a thread is free.
+    start "worker-$i" "$BIN/python" -m actors.cli actors.worker \
+        --processes 1 --threads "$TASKQ_WORKER_THREADS"
 done
 start scheduler env TZ=UTC "$BIN/python" -m actors.scheduler_cli actors.scheduler
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
+import dramatiq.worker as dramatiq_worker
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
@@ -26,6 +27,7 @@ from queue_service import lifecycle, metrics, names
 from queue_service.db import in_transaction
 from queue_service.logging import get_logger
 from queue_service.repository.jobs import ClaimedAttempt
+from queue_service.settings import Settings
 
 log = get_logger(__name__)
 
@@ -101,7 +103,17 @@ def withdraw_on_requeue(messages: list[MessageProxy]) -> None:
     log.info("claims_withdrawn", count=len(withdrawn), of=len(claims))
 
 
+def queue_prefetch(settings: Settings, threads: int) -> int:
+    """Job messages a worker process holds: Dramatiq's own `dramatiq_queue_prefetch` when
+    set, else TASKQ_WORKER_PREFETCH, else four per thread (settings.worker_prefetch)."""
+    return dramatiq_worker.QUEUE_PREFETCH or settings.worker_prefetch or 4 * threads
+
+
 class AttemptClaim(dramatiq.Middleware):
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Read by the consumer the worker adds next (Dramatiq's default: twice the threads).
+        worker.queue_prefetch = queue_prefetch(get_runtime().settings, worker.worker_threads)
+
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # The writer stops lingering for a fuller flush once every thread waits on it.
         get_runtime().writer.threads = worker.worker_threads

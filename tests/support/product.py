@@ -193,8 +193,8 @@ class Product:
         name: str = "worker",
         prefetch: int | None = None,
     ) -> Process:
-        """Worker processes as scripts/run.sh starts them; prefetch defaults to twice the
-        threads, as there."""
+        """Worker processes as scripts/run.sh starts them; prefetch (TASKQ_WORKER_PREFETCH)
+        defaults to the product's, four per thread."""
         index = sum(1 for p in self.processes if p.name.startswith(name))
         process = self._spawn(
             f"{name}-{index}",
@@ -208,7 +208,7 @@ class Product:
                 "--threads",
                 str(threads),
             ],
-            {"dramatiq_queue_prefetch": str(prefetch or 2 * threads)},
+            {"TASKQ_WORKER_PREFETCH": str(prefetch)} if prefetch else {},
         )
         # The worker is up once its log says so for every process.
         wait_until(
