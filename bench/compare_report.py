@@ -121,11 +121,11 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
         "not the cap: the 16 threads run at most 16 jobs (1 unit / 128 MB each) while up to "
         f"{services.POOL_CPU_UNITS:,} are admitted ({_pool_peak(report)}). Prefetch "
         f"{services.prefetch()} per worker process for all three (Celery: prefetch "
-        f"multiplier {services.celery_prefetch_multiplier()}), ours"
+        f"multiplier {services.celery_prefetch_multiplier()}); ours"
         + (
-            ", which claim each message as it is delivered"
+            " claims each message as it is delivered"
             if services.CLAIM_ON_DELIVERY
-            else ", which claim each message when a thread takes it"
+            else " claims each message when a thread takes it"
         )
         + ". Our jobs are of type "
         + (
