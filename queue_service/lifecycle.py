@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,7 @@ from queue_service.repository import dead_letters as dead_letters_repo
 from queue_service.repository import events as events_repo
 from queue_service.repository import jobs as jobs_repo
 from queue_service.repository import leases as leases_repo
-from queue_service.retry_policy import AttemptResult, Outcome, decide_outcome
+from queue_service.retry_policy import AttemptResult, DeadLetterReason, Outcome, decide_outcome
 from queue_service.scheduling import admit_ready_jobs
 from queue_service.settings import Settings
 
@@ -223,6 +223,7 @@ def finish_attempts(
             dead.append((end.job_id, job.type, end, outcome))
         elif is_cancel:
             cancelled.append(end.job_id)
+    _recover_own_dead_letters(conn, ends, running, now, finished)
     transitions.record_outcomes(conn, rows, now)
     # Dependents before the pool row: the pool is always the last lock taken.
     ready = transitions.unblock_dependents(conn, completed, now, settings.aging_seconds_per_level)
@@ -249,6 +250,30 @@ def finish_attempts(
     else:
         finished.releases = releases
     return finished
+
+
+def _recover_own_dead_letters(
+    conn: sa.Connection,
+    ends: Sequence[AttemptEnd],
+    running: Mapping[str, Any],
+    now: datetime,
+    finished: FinishedAttempts,
+) -> None:
+    """The final failures among the ends that are no longer running which this very
+    batch recorded: a worker's flush run again after its commit answer was lost (db
+    `_retried`, with the same `now`: AttemptWriter._flush_time gives each flush its own).
+    Their outcome is FAILED as the first run decided, so the worker dead-letters their
+    messages through the exchange rather than acknowledging them."""
+    gone = [(e.job_id, e.attempt) for e in ends if e.job_id not in running]
+    for key, reason in dead_letters_repo.died_at(conn, gone, now).items():
+        finished.outcomes[key] = Outcome(JobStatus.FAILED, dead_letter_reason=_reason(reason))
+
+
+def _reason(recorded: str) -> DeadLetterReason | None:
+    try:
+        return DeadLetterReason(recorded)
+    except ValueError:  # a reason of an older version
+        return None
 
 
 def _outcome_event(end: AttemptEnd, outcome: Outcome, now: datetime) -> events_repo.JobEvent:

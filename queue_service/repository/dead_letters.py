@@ -47,6 +47,23 @@ def record_dead_letter(
     )
 
 
+def died_at(
+    conn: sa.Connection, attempts: Sequence[tuple[str, int]], at: datetime
+) -> dict[tuple[str, int], str]:
+    """The reason of each of `attempts` that was dead-lettered at exactly `at`
+    (ix_dead_letters_job)."""
+    if not attempts:
+        return {}
+    wanted = set(attempts)
+    rows = conn.execute(
+        sa.select(dead_letters.c.job_id, dead_letters.c.attempts, dead_letters.c.reason).where(
+            dead_letters.c.job_id.in_(sorted({job_id for job_id, _ in attempts})),
+            dead_letters.c.died_at == at,
+        )
+    )
+    return {(r.job_id, r.attempts): r.reason for r in rows if (r.job_id, r.attempts) in wanted}
+
+
 def list_open(conn: sa.Connection, *, after_id: int | None, limit: int) -> Sequence[Row]:
     """Unresolved dead letters, newest first (ix_dead_letters_open)."""
     query = sa.select(dead_letters).where(dead_letters.c.resolved_at.is_(None))

@@ -1,9 +1,11 @@
 """A flush whose commit answer is lost with its connection is run again by the writer
 (db.HeldAutocommit). The claims in it committed the first time: the run again must give
 them back to their threads (migration 0017), not leave the attempts claimed by a worker
-that never runs them. When every try loses its connection (PostgreSQL going away), the
-threads skip their messages and the writer's next heartbeat withdraws those claims.
-Real PostgreSQL, the real writer; only the lost answers are made up."""
+that never runs them. A final failure in it must come back as failed, so that its message
+is dead-lettered through the exchange, not acknowledged. When every try loses its
+connection (PostgreSQL going away), the threads skip their messages and the writer's next
+heartbeat withdraws those claims. Real PostgreSQL, the real writer; only the lost answers
+are made up."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from dramatiq.brokers.stub import StubBroker
 import actors.writer
 from actors.writer import AttemptWriter
 from queue_service.db import in_autocommit, in_transaction
-from queue_service.lifecycle import withdraw_unstarted
+from queue_service.lifecycle import AttemptEnd, withdraw_unstarted
+from queue_service.model import JobStatus, RetryConfig
+from queue_service.retry_policy import AttemptResult, DeadLetterReason
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch
 from queue_service.worker_batch import ClaimRequest, apply_flush, split_ends
@@ -88,6 +92,48 @@ def test_a_claim_committed_before_its_answer_was_lost_runs(
     assert claimed is not None and (claimed.job_id, claimed.attempt) == ("LOST1", 1)
     worker, started_at = _lease(engine, "LOST1")
     assert worker == WORKER and started_at is not None
+
+
+def test_a_final_failure_committed_before_its_answer_was_lost_is_dead_lettered(
+    clean_state: None,
+    engine: sa.Engine,
+    settings: Settings,
+    writer: AttemptWriter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a running attempt of a job allowed one attempt
+    spec = JobSpec(job_id="LOSTF1", retry=RetryConfig(max_attempts=1))
+    in_transaction(engine, lambda conn: submit_batch(conn, settings, [spec], datetime.now(UTC)))
+    assert writer.claim("LOSTF1", 1, redelivered=False) is not None
+    # and a flush whose commit answer is lost the first time it runs (the end that fails
+    # the job runs in a transaction: committed here before the answer goes)
+    runs: list[int] = []
+
+    def commit_then_lose_the_answer(conn: sa.Connection, *args: Any, **kwargs: Any) -> Any:
+        result = apply_flush(conn, *args, **kwargs)
+        runs.append(len(result.outcomes))
+        if len(runs) == 1:
+            conn.commit()
+            raise _lost_answer()
+        return result
+
+    monkeypatch.setattr(actors.writer, "apply_flush", commit_then_lose_the_answer)
+
+    # When the attempt fails
+    outcome = writer.finish(AttemptEnd("LOSTF1", 1, AttemptResult.RETRYABLE_ERROR, "boom"))
+
+    # Then the flush ran twice, and the thread learns that the job failed (its message is
+    # dead-lettered), for the reason the first run recorded, once
+    assert runs == [1, 1]
+    assert outcome is not None and outcome.status is JobStatus.FAILED
+    assert outcome.dead_letter_reason is DeadLetterReason.RETRIES_EXHAUSTED
+    with engine.connect() as conn:
+        dead = conn.execute(
+            sa.text("SELECT attempts, reason FROM dead_letters WHERE job_id = 'LOSTF1'")
+        ).all()
+        status = conn.execute(sa.text("SELECT status FROM jobs WHERE id = 'LOSTF1'")).scalar()
+    assert [tuple(row) for row in dead] == [(1, "retries_exhausted")]
+    assert status == "failed"
 
 
 def test_a_started_lease_is_still_not_claimed_twice(
