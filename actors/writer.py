@@ -381,10 +381,26 @@ class AttemptWriter:
         if not claims and not ends.succeeded and not ends.others:
             return FlushResult()  # barriers only
 
+        runs = 0
+
         def flush(conn: sa.Connection) -> FlushResult:
-            return apply_flush(
+            nonlocal runs
+            runs += 1
+            result = apply_flush(
                 conn, self._settings, self._worker, claims, ends, now, dead_letter_body
             )
+            if runs > 1 and (ends.succeeded or ends.others):
+                # Run again after a lost commit answer: what the first run admitted (at this
+                # flush's time) is published too, rather than after republish_after_seconds.
+                # A lease granted at the same instant by another process is published twice,
+                # which the claim makes harmless.
+                known = {(a.job_id, a.attempt) for a in result.admitted}
+                result.admitted += [
+                    a
+                    for a in leases_repo.granted_unstarted(conn, now)
+                    if (a.job_id, a.attempt) not in known
+                ]
+            return result
 
         # Claims and successes only: one statement, its own durable transaction. What it
         # admitted goes to the publisher thread once committed.

@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from queue_service.model import Admitted, Priority
 from queue_service.tables import leases
 
 
@@ -35,6 +36,20 @@ def release_leases(conn: sa.Connection, attempts: Sequence[tuple[str, int | None
         {"ids": [job_id for job_id, _ in attempts], "attempts": [a for _, a in attempts]},
     ).all()
     return [Lease(r.job_id, r.attempt, r.cpu_units, r.memory_mb) for r in rows]
+
+
+def granted_unstarted(conn: sa.Connection, at: datetime) -> list[Admitted]:
+    """The attempts admitted at exactly `at` whose lease no claim has started, best ranked
+    first: what a flush run again after its commit answer was lost admitted the first time
+    (rare: a scan of the live leases)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT l.job_id, l.attempt, j.priority FROM leases l JOIN jobs j ON j.id = l.job_id "
+            "WHERE l.granted_at = :at AND l.started_at IS NULL ORDER BY j.rank, j.seq"
+        ),
+        {"at": at},
+    ).all()
+    return [Admitted(r.job_id, r.attempt, Priority(r.priority)) for r in rows]
 
 
 def lock_lease(conn: sa.Connection, job_id: str) -> None:

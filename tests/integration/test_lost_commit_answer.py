@@ -13,15 +13,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dramatiq
 import pytest
 import sqlalchemy as sa
 from dramatiq.brokers.stub import StubBroker
 
 import actors.writer
 from actors.writer import AttemptWriter
+from queue_service import names
 from queue_service.db import in_autocommit, in_transaction
 from queue_service.lifecycle import AttemptEnd, withdraw_unstarted
 from queue_service.model import JobStatus, RetryConfig
+from queue_service.repository import pool as pool_repo
 from queue_service.retry_policy import AttemptResult, DeadLetterReason
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch
@@ -134,6 +137,49 @@ def test_a_final_failure_committed_before_its_answer_was_lost_is_dead_lettered(
         status = conn.execute(sa.text("SELECT status FROM jobs WHERE id = 'LOSTF1'")).scalar()
     assert [tuple(row) for row in dead] == [(1, "retries_exhausted")]
     assert status == "failed"
+
+
+def test_what_a_flush_admitted_before_its_answer_was_lost_is_published(
+    clean_state: None,
+    engine: sa.Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a pool of one CPU unit: the first job admitted, the second waiting for tokens
+    with engine.begin() as conn:
+        pool_repo.set_capacity(conn, 1, settings.pool_memory_mb)
+    _submit(engine, settings, "ADM1")
+    _submit(engine, settings, "ADM2")
+    broker = StubBroker()
+    broker.declare_queue(names.JOBS_QUEUE)
+    writer = AttemptWriter(engine, settings, broker, WORKER)  # type: ignore[arg-type]
+    try:
+        assert writer.claim("ADM1", 1, redelivered=False) is not None
+        # and a flush whose commit answer is lost the first time it runs
+        runs: list[list[str]] = []
+
+        def commit_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+            result = apply_flush(*args, **kwargs)  # committed: the held connection autocommits
+            runs.append([a.job_id for a in result.admitted])
+            if len(runs) == 1:
+                raise _lost_answer()
+            return result
+
+        monkeypatch.setattr(actors.writer, "apply_flush", commit_then_lose_the_answer)
+
+        # When the first job succeeds, its tokens admitting the second
+        writer.finish_later(AttemptEnd("ADM1", 1, AttemptResult.SUCCEEDED))
+        writer.drain()
+
+        # Then the first run admitted it and the run again admitted nothing new, and the
+        # writer published it all the same, once
+        assert runs == [["ADM2"], []]
+        published = [
+            dramatiq.Message.decode(body).args for body in broker.queues[names.JOBS_QUEUE].queue
+        ]
+        assert published == [("ADM2", 1)]
+    finally:
+        writer.stop()
 
 
 def test_a_started_lease_is_still_not_claimed_twice(
