@@ -9,7 +9,7 @@ are made up."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +28,7 @@ from queue_service.repository import pool as pool_repo
 from queue_service.retry_policy import AttemptResult, DeadLetterReason
 from queue_service.settings import Settings
 from queue_service.submission import JobSpec, submit_batch
-from queue_service.worker_batch import ClaimRequest, apply_flush, split_ends
+from queue_service.worker_batch import ClaimRequest, FlushResult, apply_flush, split_ends
 from tests.support.product import wait_until
 
 WORKER = "test-worker"
@@ -44,6 +44,25 @@ def _lost_answer() -> sa.exc.OperationalError:
     return sa.exc.OperationalError(
         "SELECT taskq_worker_flush(...)", {}, ConnectionError("lost"), connection_invalidated=True
     )
+
+
+def first_answer_lost(
+    monkeypatch: pytest.MonkeyPatch, seen: Callable[[FlushResult], Any]
+) -> list[Any]:
+    """Make the writer's flushes commit and then lose their answer the first time: the
+    writer runs the flush again. Returns what `seen` makes of each run's result."""
+    runs: list[Any] = []
+
+    def commit_then_lose_the_answer(conn: sa.Connection, *args: Any, **kwargs: Any) -> Any:
+        result = apply_flush(conn, *args, **kwargs)
+        runs.append(seen(result))
+        if len(runs) == 1:
+            conn.commit()  # a transaction's flush commits here; one in autocommit already did
+            raise _lost_answer()
+        return result
+
+    monkeypatch.setattr(actors.writer, "apply_flush", commit_then_lose_the_answer)
+    return runs
 
 
 @pytest.fixture
@@ -76,16 +95,7 @@ def test_a_claim_committed_before_its_answer_was_lost_runs(
 ) -> None:
     # Given an admitted job, and a flush whose commit answer is lost the first time it runs
     _submit(engine, settings, "LOST1")
-    runs: list[int] = []
-
-    def commit_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
-        result = apply_flush(*args, **kwargs)  # committed: the held connection autocommits
-        runs.append(len(result.claimed))
-        if len(runs) == 1:
-            raise _lost_answer()
-        return result
-
-    monkeypatch.setattr(actors.writer, "apply_flush", commit_then_lose_the_answer)
+    runs = first_answer_lost(monkeypatch, lambda result: len(result.claimed))
 
     # When a worker thread claims the attempt
     claimed = writer.claim("LOST1", 1, redelivered=False)
@@ -110,17 +120,7 @@ def test_a_final_failure_committed_before_its_answer_was_lost_is_dead_lettered(
     assert writer.claim("LOSTF1", 1, redelivered=False) is not None
     # and a flush whose commit answer is lost the first time it runs (the end that fails
     # the job runs in a transaction: committed here before the answer goes)
-    runs: list[int] = []
-
-    def commit_then_lose_the_answer(conn: sa.Connection, *args: Any, **kwargs: Any) -> Any:
-        result = apply_flush(conn, *args, **kwargs)
-        runs.append(len(result.outcomes))
-        if len(runs) == 1:
-            conn.commit()
-            raise _lost_answer()
-        return result
-
-    monkeypatch.setattr(actors.writer, "apply_flush", commit_then_lose_the_answer)
+    runs = first_answer_lost(monkeypatch, lambda result: len(result.outcomes))
 
     # When the attempt fails
     outcome = writer.finish(AttemptEnd("LOSTF1", 1, AttemptResult.RETRYABLE_ERROR, "boom"))
@@ -156,16 +156,7 @@ def test_what_a_flush_admitted_before_its_answer_was_lost_is_published(
     try:
         assert writer.claim("ADM1", 1, redelivered=False) is not None
         # and a flush whose commit answer is lost the first time it runs
-        runs: list[list[str]] = []
-
-        def commit_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
-            result = apply_flush(*args, **kwargs)  # committed: the held connection autocommits
-            runs.append([a.job_id for a in result.admitted])
-            if len(runs) == 1:
-                raise _lost_answer()
-            return result
-
-        monkeypatch.setattr(actors.writer, "apply_flush", commit_then_lose_the_answer)
+        runs = first_answer_lost(monkeypatch, lambda result: [a.job_id for a in result.admitted])
 
         # When the first job succeeds, its tokens admitting the second
         writer.finish_later(AttemptEnd("ADM1", 1, AttemptResult.SUCCEEDED))
