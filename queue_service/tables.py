@@ -217,6 +217,10 @@ worker_processes = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("metrics_port", sa.Integer),
+    # The process's worker threads, and how many ran a job's handler at its last heartbeat
+    # (migration 0018; null for the scheduler).
+    sa.Column("threads", sa.Integer),
+    sa.Column("busy_threads", sa.Integer),
 )
 
 # When the last maintenance pass ran (written by the pass holding the advisory lock, so

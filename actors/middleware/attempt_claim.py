@@ -148,6 +148,7 @@ class AttemptClaim(dramatiq.Middleware):
             log.info("message_skipped", job_id=job_id, attempt=attempt, reason="already_claimed")
             raise SkipMessage()
         _claimed.set(claimed)
+        runtime.busy_threads.started()
         log.debug("job_claimed", job_id=job_id, attempt=attempt, worker=runtime.worker_name)
         metrics.job_started(claimed.priority, _waited(claimed.pending_since))
 
@@ -159,7 +160,9 @@ class AttemptClaim(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        _claimed.set(None)
+        if _claimed.get() is not None:  # its handler ran on this thread
+            get_runtime().busy_threads.ended()
+            _claimed.set(None)
 
     after_skip_message = after_process_message
 

@@ -1,7 +1,8 @@
 """WorkerHeartbeat: each worker process says it is alive, and exports its metrics.
 
 After boot, a small thread upserts this process's row in worker_processes every
-`worker_heartbeat_seconds` (the console's live workers, `taskq_workers_live`) and forgets
+`worker_heartbeat_seconds` (the console's live workers, `taskq_workers_live`), with its
+threads and how many run a job's handler (`taskq_worker_threads`), and forgets
 rows silent for ten periods (a process killed with -9 never says goodbye). The process
 serves its own /metrics when `worker_metrics_port` is set. At shutdown the row goes away
 and, in prometheus_client's multiprocess mode, the process is marked dead.
@@ -31,8 +32,10 @@ class WorkerHeartbeat(dramatiq.Middleware):
         self._role = role
         self._stop = threading.Event()
         self._metrics_port: int | None = None
+        self._threads: int | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._threads = worker.worker_threads
         settings = get_runtime().settings
         self._metrics_port = metrics.serve_process_metrics(
             settings.worker_metrics_host,
@@ -68,6 +71,7 @@ class WorkerHeartbeat(dramatiq.Middleware):
         runtime = get_runtime()
         now = datetime.now(UTC)
         silent_before = now - timedelta(seconds=10 * runtime.settings.worker_heartbeat_seconds)
+        busy = runtime.busy_threads.count
 
         def write(conn: sa.Connection) -> None:
             workers_repo.heartbeat(
@@ -78,6 +82,8 @@ class WorkerHeartbeat(dramatiq.Middleware):
                 pid=os.getpid(),
                 metrics_port=self._metrics_port,
                 now=now,
+                threads=self._threads,
+                busy_threads=busy,
             )
             workers_repo.forget_silent(conn, silent_before)
 

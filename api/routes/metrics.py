@@ -63,6 +63,15 @@ class _SharedStateCollector(Collector):
             "Worker processes whose heartbeat is recent",
             value=view.live_workers,
         )
+        threads = GaugeMetricFamily(
+            "taskq_worker_threads",
+            "Worker threads of the live workers; busy: running a job's handler at their "
+            "process's last heartbeat",
+            labels=["state"],
+        )
+        threads.add_metric(["total"], view.worker_threads)
+        threads.add_metric(["busy"], view.busy_threads)
+        yield threads
         if view.maintenance_age_seconds is not None:
             yield GaugeMetricFamily(
                 "taskq_maintenance_last_pass_age_seconds",

@@ -78,8 +78,9 @@ def stats(state: State) -> dict[str, Any]:
 @router.get("/stats/overview")
 def overview(state: State) -> dict[str, Any]:
     """What the console's dashboard refreshes: the token pool, ready jobs by priority, jobs
-    not yet finished by status, open dead letters, live workers, the age of the last
-    maintenance pass. Unlike /stats it never counts finished jobs, so its cost does not
+    not yet finished by status, open dead letters, live workers and their threads (total,
+    and busy running a handler at their last heartbeat), the age of the last maintenance
+    pass. Unlike /stats it never counts finished jobs, so its cost does not
     grow with history."""
     now = datetime.now(UTC)
     with state.engine.connect() as conn:
@@ -92,5 +93,6 @@ def overview(state: State) -> dict[str, Any]:
         "active_jobs_by_status": view.active_by_status,
         "dead_letters_open": view.dead_letters_open,
         "workers_live": view.live_workers,
+        "worker_threads": {"total": view.worker_threads, "busy": view.busy_threads},
         "maintenance_last_pass_age_seconds": view.maintenance_age_seconds,
     }

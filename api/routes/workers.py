@@ -20,7 +20,9 @@ router = APIRouter(
 @router.get("")
 def workers(state: State) -> dict[str, Any]:
     """Live worker processes: name, role, host, pid, start, last heartbeat, the attempts
-    each is running, and the port of its own /metrics (null when off)."""
+    each is running (claimed on delivery, some may wait for a thread), its threads and how
+    many ran a job's handler at its last heartbeat (null for the scheduler), and the port of
+    its own /metrics (null when off)."""
     now = datetime.now(UTC)
     stale_after = worker_stale_after(state.settings.worker_heartbeat_seconds)
     with state.engine.connect() as conn:
@@ -35,6 +37,8 @@ def workers(state: State) -> dict[str, Any]:
                 "started_at": r.started_at,
                 "heartbeat_at": r.heartbeat_at,
                 "running_attempts": int(r.running),
+                "threads": r.threads,
+                "busy_threads": r.busy_threads,
                 "metrics_port": r.metrics_port,
             }
             for r in rows

@@ -40,6 +40,10 @@ class Overview:
     active_by_status: dict[str, int]
     dead_letters_open: int
     live_workers: int
+    # The live workers' threads, and how many ran a job's handler at their last heartbeat:
+    # `running` also counts attempts claimed on delivery that wait for a thread.
+    worker_threads: int
+    busy_threads: int
     maintenance_age_seconds: float | None
 
 
@@ -52,12 +56,15 @@ def read_overview(conn: sa.Connection, now: datetime, heartbeat_seconds: float) 
     ready = jobs_repo.ready_depth_by_priority(conn)
     active = stats_repo.count_unfinished(conn)
     last_pass = workers_repo.last_maintenance_pass(conn)
+    workers = workers_repo.count_live(conn, now, worker_stale_after(heartbeat_seconds))
     return Overview(
         pool=pool_repo.read_pool(conn),
         ready_by_priority={p.value: int(ready.get(p.value, 0)) for p in Priority},
         active_by_status={s.value: int(active.get(s.value, 0)) for s in ACTIVE_STATUSES},
         dead_letters_open=dead_letters_repo.count_open(conn),
-        live_workers=workers_repo.count_live(conn, now, worker_stale_after(heartbeat_seconds)),
+        live_workers=workers.processes,
+        worker_threads=workers.threads,
+        busy_threads=workers.busy_threads,
         maintenance_age_seconds=None
         if last_pass is None
         else max((now - last_pass).total_seconds(), 0.0),

@@ -7,6 +7,7 @@ maintenance_state is written by the pass that holds the maintenance advisory loc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,16 +23,30 @@ def heartbeat(
     pid: int,
     metrics_port: int | None,
     now: datetime,
+    threads: int | None = None,
+    busy_threads: int | None = None,
 ) -> None:
-    """Say this process is alive: an upsert of its own row (it comes back if deleted)."""
+    """Say this process is alive: an upsert of its own row (it comes back if deleted),
+    with its worker threads and how many of them run a job's handler right now."""
     conn.execute(
         sa.text(
             "INSERT INTO worker_processes "
-            "(name, role, host, pid, started_at, heartbeat_at, metrics_port) "
-            "VALUES (:name, :role, :host, :pid, :now, :now, :port) "
-            "ON CONFLICT (name) DO UPDATE SET heartbeat_at = :now, metrics_port = :port"
+            "(name, role, host, pid, started_at, heartbeat_at, metrics_port, threads, "
+            " busy_threads) "
+            "VALUES (:name, :role, :host, :pid, :now, :now, :port, :threads, :busy) "
+            "ON CONFLICT (name) DO UPDATE SET heartbeat_at = :now, metrics_port = :port, "
+            "  threads = :threads, busy_threads = :busy"
         ),
-        {"name": name, "role": role, "host": host, "pid": pid, "now": now, "port": metrics_port},
+        {
+            "name": name,
+            "role": role,
+            "host": host,
+            "pid": pid,
+            "now": now,
+            "port": metrics_port,
+            "threads": threads,
+            "busy": busy_threads,
+        },
     )
 
 
@@ -53,7 +68,7 @@ def live_workers(conn: sa.Connection, now: datetime, stale_after: timedelta) -> 
     return conn.execute(
         sa.text(
             "SELECT w.name, w.role, w.host, w.pid, w.started_at, w.heartbeat_at, "
-            "w.metrics_port, coalesce(l.running, 0) AS running "
+            "w.metrics_port, w.threads, w.busy_threads, coalesce(l.running, 0) AS running "
             "FROM worker_processes w LEFT JOIN ("
             "  SELECT worker, count(*) AS running FROM leases "
             "  WHERE worker IS NOT NULL GROUP BY worker) l ON l.worker = w.name "
@@ -63,13 +78,22 @@ def live_workers(conn: sa.Connection, now: datetime, stale_after: timedelta) -> 
     ).all()
 
 
-def count_live(conn: sa.Connection, now: datetime, stale_after: timedelta) -> int:
-    return int(
-        conn.execute(
-            sa.text("SELECT count(*) FROM worker_processes WHERE heartbeat_at >= :since"),
-            {"since": now - stale_after},
-        ).scalar_one()
-    )
+@dataclass(frozen=True)
+class LiveWorkers:
+    processes: int
+    threads: int  # the live processes' worker threads
+    busy_threads: int  # of which ran a job's handler at their process's last heartbeat
+
+
+def count_live(conn: sa.Connection, now: datetime, stale_after: timedelta) -> LiveWorkers:
+    row = conn.execute(
+        sa.text(
+            "SELECT count(*), coalesce(sum(threads), 0), coalesce(sum(busy_threads), 0) "
+            "FROM worker_processes WHERE heartbeat_at >= :since"
+        ),
+        {"since": now - stale_after},
+    ).one()
+    return LiveWorkers(int(row[0]), int(row[1]), int(row[2]))
 
 
 def record_maintenance_pass(conn: sa.Connection, now: datetime) -> None:

@@ -107,6 +107,20 @@ def test_a_dead_letter_is_replayed_from_the_console(page: Page, console_product:
     )
 
 
+def test_threads_running_a_handler_are_shown_beside_claimed_attempts(
+    page: Page, console_product: Product
+) -> None:
+    # Given the console product's two workers of 8 threads, idle
+    open_console(page, console_product)
+    expect(page.locator("#threads-busy")).to_have_text("0 of 16")
+    # Then the workers view shows each process's threads beside its running attempts
+    open_console(page, console_product, "workers")
+    rows = page.locator("#workers-table tbody tr")
+    expect(rows).to_have_count(2)
+    for index in range(2):
+        expect(rows.nth(index)).to_contain_text("0 of 8")
+
+
 def _serious_violations(page: Page) -> list[dict[str, object]]:
     page.add_script_tag(content=AXE.read_text(encoding="utf-8"))
     results = page.evaluate("async () => await axe.run(document)")
