@@ -390,19 +390,21 @@ class AttemptWriter:
                 conn, self._settings, self._worker, claims, ends, now, dead_letter_body
             )
             if runs > 1 and (ends.succeeded or ends.others):
-                # Run again after a lost commit answer: what the first run admitted (at this
-                # flush's time) is published too, rather than after republish_after_seconds.
-                # A lease granted at the same instant by another process is published twice,
-                # which the claim makes harmless.
-                known = {(a.job_id, a.attempt) for a in result.admitted}
-                result.admitted += [
-                    a
-                    for a in leases_repo.granted_unstarted(conn, now)
-                    if (a.job_id, a.attempt) not in known
-                ]
+                _add_first_run_admissions(conn, result, now)
             return result
 
         # Claims and successes only: one statement, its own durable transaction. What it
         # admitted goes to the publisher thread once committed.
         run = self._connection.run if not ends.others else in_transaction
         return commit_then_publish(self._engine, self._publisher, flush, run)
+
+
+def _add_first_run_admissions(conn: sa.Connection, result: FlushResult, at: datetime) -> None:
+    """A flush run again after a lost commit answer: what its first run admitted (leases
+    granted at the flush's time `at`, unstarted) is published too, rather than by
+    maintenance after republish_after_seconds. A lease granted at the same instant by
+    another process is published twice, which the claim makes harmless."""
+    known = {(a.job_id, a.attempt) for a in result.admitted}
+    result.admitted += [
+        a for a in leases_repo.granted_unstarted(conn, at) if (a.job_id, a.attempt) not in known
+    ]

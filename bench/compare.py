@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import compare_phases as phases  # noqa: E402
 from bench import compare_services as services  # noqa: E402
+from bench import noop_ours  # noqa: E402
 from bench.compare_report import SECTION, machine_facts, render  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
 
@@ -95,7 +96,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--job-type",
-        choices=["bench_noop", "noop"],
+        choices=[noop_ours.JOB_TYPE, "noop"],
         default=phases.JOB_TYPE,
         help="our no-op jobs: bench_noop, a sync handler of the benchmark's own (as the "
         "baselines' no-ops), or noop, the simulated type (async)",

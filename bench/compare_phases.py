@@ -20,7 +20,7 @@ import httpx
 import psycopg
 
 from bench import compare_services as services
-from bench import http_load, process_cpu
+from bench import http_load, noop_ours, process_cpu
 from bench.completion_counter import read_counts
 
 PRIORITIES = ["critical", "high", "normal", "low"]
@@ -141,7 +141,7 @@ def _publish_celery(priorities: list[int], deadline: float) -> int:
 
 # The type of our no-op jobs (bench/compare.py --job-type): the benchmark's own sync
 # handler (bench/noop_ours.py), as the baselines' no-ops are, or the simulated async `noop`.
-JOB_TYPE = "bench_noop"
+JOB_TYPE = noop_ours.JOB_TYPE
 
 
 def job_bodies(count: int, rng: random.Random) -> list[dict[str, Any]]:

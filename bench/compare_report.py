@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import compare_services as services
+from bench import noop_ours
 
 SECTION = "## Throughput: ours vs plain Dramatiq and Celery"
 NAMES = {
@@ -131,7 +132,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> tuple[str, int]:
         + (
             "`bench_noop`, a sync no-op handler of the benchmark's own (bench/noop_ours.py), "
             "as the baselines' no-ops are plain sync functions. "
-            if args.job_type == "bench_noop"
+            if args.job_type == noop_ours.JOB_TYPE
             else "`noop`, the simulated async type. "
         )
         + "† = at least one "

@@ -56,7 +56,7 @@ def read_overview(conn: sa.Connection, now: datetime, heartbeat_seconds: float) 
     ready = jobs_repo.ready_depth_by_priority(conn)
     active = stats_repo.count_unfinished(conn)
     last_pass = workers_repo.last_maintenance_pass(conn)
-    workers = workers_repo.count_live(conn, now, worker_stale_after(heartbeat_seconds))
+    workers = workers_repo.live_totals(conn, now, worker_stale_after(heartbeat_seconds))
     return Overview(
         pool=pool_repo.read_pool(conn),
         ready_by_priority={p.value: int(ready.get(p.value, 0)) for p in Priority},

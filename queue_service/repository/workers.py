@@ -85,7 +85,7 @@ class LiveWorkers:
     busy_threads: int  # of which ran a job's handler at their process's last heartbeat
 
 
-def count_live(conn: sa.Connection, now: datetime, stale_after: timedelta) -> LiveWorkers:
+def live_totals(conn: sa.Connection, now: datetime, stale_after: timedelta) -> LiveWorkers:
     row = conn.execute(
         sa.text(
             "SELECT count(*), coalesce(sum(threads), 0), coalesce(sum(busy_threads), 0) "
